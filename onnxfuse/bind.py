@@ -1,0 +1,185 @@
+"""Map each source's inputs to columns of one packed `features` tensor, or to shared inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import onnx
+
+from onnxfuse.errors import OnnxfuseError
+from onnxfuse.normalize import NormalizedModel
+
+FEATURES = "features"
+_NUMERIC = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class InputBinding:
+    """One model input: fed from columns of `features`, or from a shared graph input."""
+
+    name: str
+    elem_type: int
+    rank: int
+    columns: tuple[str, ...] | None = None  # None: a shared input under its own name
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    """The fused input schema and how every model input reads from it."""
+
+    features: tuple[str, ...]
+    models: tuple[tuple[InputBinding, ...], ...]
+    shared: tuple[onnx.ValueInfoProto, ...]
+
+    def column_index(self, column: str) -> int:
+        return self.features.index(column)
+
+
+def bind(
+    models: Sequence[NormalizedModel], *, data_columns: Sequence[str] | None = None
+) -> Binding:
+    """Bind every model input.
+
+    Rules: a model with `features` takes them in order across its numeric rank-1/2
+    inputs, each input as many columns as its width; without `features`, a
+    one-column input is bound to the column of its own name; other inputs (images,
+    strings) become graph inputs of their own name, shared across models when name,
+    type and shape agree. `features` lists the columns in first-appearance order.
+    Every mismatch is an error naming the model, the input and the columns.
+    """
+    bindings = tuple(_bind_model(model, data_columns) for model in models)
+    features: dict[str, None] = {}
+    for model_bindings in bindings:
+        for binding in model_bindings:
+            features.update(dict.fromkeys(binding.columns or ()))
+    shared = _shared_inputs(models, bindings, has_features=bool(features))
+    return Binding(features=tuple(features), models=bindings, shared=shared)
+
+
+def graph_inputs(model: NormalizedModel) -> list[onnx.ValueInfoProto]:
+    """Real inputs: those that are not also initializers (old IR versions list both)."""
+    initializers = {init.name for init in model.proto.graph.initializer}
+    return [i for i in model.proto.graph.input if i.name not in initializers]
+
+
+def _bind_model(model: NormalizedModel, data_columns: Sequence[str] | None) -> tuple[InputBinding, ...]:
+    inputs = graph_inputs(model)
+    label = model.source.label
+    wanted = model.source.spec.features
+    column_inputs = [i for i in inputs if _is_column_input(i)]
+    if wanted is not None:
+        if len(set(wanted)) != len(wanted):
+            raise OnnxfuseError(f"{label}: --features repeats a column ({','.join(wanted)})")
+        if not column_inputs:
+            raise OnnxfuseError(f"{label}: --features given but the model has no numeric rank-1 or rank-2 input")
+        bound = _split_columns(column_inputs, tuple(wanted), label)
+    else:
+        bound = {i.name: _columns_by_name(i, label, data_columns) for i in column_inputs}
+    if data_columns is not None:
+        for name, columns in bound.items():
+            for column in columns:
+                if column not in data_columns:
+                    raise OnnxfuseError(f"{label}: input '{name}' needs column '{column}', which the data lacks")
+    return tuple(
+        InputBinding(name=i.name, elem_type=_elem(i), rank=_rank(i) or 0, columns=bound.get(i.name))
+        for i in inputs
+    )
+
+
+def _split_columns(
+    inputs: list[onnx.ValueInfoProto], wanted: tuple[str, ...], label: str
+) -> dict[str, tuple[str, ...]]:
+    widths = [_width(i) for i in inputs]
+    if None in widths[:-1]:
+        name = inputs[widths.index(None)].name
+        raise OnnxfuseError(f"{label}: input '{name}' has a dynamic width and is not the last input")
+    fixed = sum(w for w in widths if w is not None)
+    if widths[-1] is None:
+        widths[-1] = len(wanted) - fixed
+    if sum(widths) != len(wanted) or widths[-1] < 1:
+        described = ", ".join(f"'{i.name}' takes {w if w is not None else 'any'}" for i, w in zip(inputs, [_width(i) for i in inputs]))
+        raise OnnxfuseError(
+            f"{label}: input {described} column(s) but --features gives {len(wanted)} ({','.join(wanted)})"
+        )
+    bound, start = {}, 0
+    for value, width in zip(inputs, widths):
+        bound[value.name] = wanted[start : start + width]
+        start += width
+    return bound
+
+
+def _columns_by_name(
+    value: onnx.ValueInfoProto, label: str, data_columns: Sequence[str] | None
+) -> tuple[str, ...]:
+    width = _width(value)
+    if width != 1:
+        takes = f"takes {width} columns" if width else "takes any number of columns"
+        raise OnnxfuseError(f"{label}: input '{value.name}' {takes}; say which with --features")
+    if data_columns is not None and value.name not in data_columns:
+        raise OnnxfuseError(
+            f"{label}: input '{value.name}' is not a column of the data; bind it with --features"
+        )
+    return (value.name,)
+
+
+def _shared_inputs(
+    models: Sequence[NormalizedModel], bindings: Sequence[tuple[InputBinding, ...]], *, has_features: bool
+) -> tuple[onnx.ValueInfoProto, ...]:
+    shared: dict[str, tuple[onnx.ValueInfoProto, str]] = {}
+    for model, model_bindings in zip(models, bindings):
+        values = {i.name: i for i in graph_inputs(model)}
+        for binding in model_bindings:
+            if binding.columns is not None:
+                continue
+            value = values[binding.name]
+            if has_features and value.name == FEATURES:
+                raise OnnxfuseError(
+                    f"{model.source.label}: input '{FEATURES}' is not bound to columns but its name is "
+                    "the fused model's packed input; bind it with --features"
+                )
+            if value.name in shared and not _compatible(shared[value.name][0], value):
+                raise OnnxfuseError(
+                    f"{model.source.label}: input '{value.name}' has another type or shape than in "
+                    f"{shared[value.name][1]}; inputs of one name are shared and must agree"
+                )
+            shared.setdefault(value.name, (value, model.source.label))
+    return tuple(v for v, _ in shared.values())
+
+
+def _compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto) -> bool:
+    if a.type.WhichOneof("value") != b.type.WhichOneof("value") or _elem(a) != _elem(b):
+        return False
+    if _rank(a) is None or _rank(b) is None:
+        return True
+    if _rank(a) != _rank(b):
+        return False
+    for da, db in zip(a.type.tensor_type.shape.dim, b.type.tensor_type.shape.dim):
+        if da.HasField("dim_value") and db.HasField("dim_value") and da.dim_value != db.dim_value:
+            return False
+    return True
+
+
+def _is_column_input(value: onnx.ValueInfoProto) -> bool:
+    return _elem(value) in _NUMERIC and _rank(value) in (1, 2)
+
+
+def _width(value: onnx.ValueInfoProto) -> int | None:
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) == 1:
+        return 1
+    return dims[1].dim_value if dims[1].HasField("dim_value") else None
+
+
+def _elem(value: onnx.ValueInfoProto) -> int | None:
+    return value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else None
+
+
+def _rank(value: onnx.ValueInfoProto) -> int | None:
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return None
+    return len(value.type.tensor_type.shape.dim)

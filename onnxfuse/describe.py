@@ -1,0 +1,84 @@
+"""The facts `onnxfuse inspect` shows about a model file."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper, helper
+
+from onnxfuse.load import load_model
+from onnxfuse.normalize import iter_model_nodes
+from onnxfuse.spec import ModelSpec
+
+
+def describe(path: Path) -> dict:
+    """Inputs, outputs, opsets, IR version, producer, op counts, weight bytes, external files.
+
+    The model is read with the same safety checks as `merge` and its weights are
+    never loaded: sizes come from the tensor headers and external-data lengths.
+    """
+    proto = load_model(ModelSpec(path), 1).proto
+    tensors = list(external_data_helper._get_all_tensors(proto))
+    external = sorted({external_data_helper.ExternalDataInfo(t).location for t in tensors if external_data_helper.uses_external_data(t)})
+    ops = Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in iter_model_nodes(proto))
+    return {
+        "file": str(path),
+        "ir_version": proto.ir_version,
+        "opsets": {(o.domain or "ai.onnx"): o.version for o in sorted(proto.opset_import, key=lambda o: o.domain)},
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "inputs": [_value(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}],
+        "outputs": [_value(v) for v in proto.graph.output],
+        "nodes": dict(sorted(ops.items())),
+        "weight_bytes": sum(_tensor_bytes(t) for t in tensors),
+        "external_data": external,
+        "metadata": {p.key: p.value for p in proto.metadata_props},
+    }
+
+
+def format_text(info: dict) -> str:
+    """The human-readable form of `describe`."""
+    lines = [
+        f"file: {info['file']}",
+        f"producer: {info['producer'] or '-'}",
+        f"IR version: {info['ir_version']}",
+        "opsets: " + ", ".join(f"{d} {v}" for d, v in info["opsets"].items()),
+        "inputs:",
+        *(f"  {v['name']}: {v['type']}" for v in info["inputs"]),
+        "outputs:",
+        *(f"  {v['name']}: {v['type']}" for v in info["outputs"]),
+        f"nodes: {sum(info['nodes'].values())}",
+        *(f"  {op}: {count}" for op, count in info["nodes"].items()),
+        f"weight bytes: {info['weight_bytes']}",
+        "external data: " + (", ".join(info["external_data"]) or "none"),
+    ]
+    lines += [f"metadata {key}: {value}" for key, value in sorted(info["metadata"].items())]
+    return "\n".join(lines)
+
+
+def _value(value: onnx.ValueInfoProto) -> dict:
+    return {"name": value.name, "type": _type_text(value.type)}
+
+
+def _type_text(type_proto: onnx.TypeProto) -> str:
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        tensor = type_proto.tensor_type
+        dtype = helper.tensor_dtype_to_string(tensor.elem_type).removeprefix("TensorProto.").lower()
+        if not tensor.HasField("shape"):
+            return f"{dtype}[?]"
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
+        return f"{dtype}[{', '.join(map(str, dims))}]"
+    if kind == "sequence_type":
+        return f"seq({_type_text(type_proto.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = helper.tensor_dtype_to_string(type_proto.map_type.key_type).removeprefix("TensorProto.").lower()
+        return f"map({key}, {_type_text(type_proto.map_type.value_type)})"
+    return kind or "?"
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    if external_data_helper.uses_external_data(tensor):
+        return int(external_data_helper.ExternalDataInfo(tensor).length or 0)
+    return tensor.ByteSize()

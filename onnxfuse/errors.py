@@ -1,0 +1,11 @@
+"""Errors a user can fix (exit 2) and internal failures (exit 1)."""
+
+from __future__ import annotations
+
+
+class OnnxfuseError(Exception):
+    """A mistake in the user's input: the message names the file, model, input or column."""
+
+
+class VerificationError(Exception):
+    """The fused graph does not reproduce its sources: an internal failure, never written."""

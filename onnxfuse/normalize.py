@@ -1,0 +1,270 @@
+"""Bring every source to one IR version and one opset per domain, with plain tensor outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import onnx
+from onnx import helper, version_converter
+
+from onnxfuse.errors import OnnxfuseError
+from onnxfuse.load import SourceModel
+
+ML = "ai.onnx.ml"
+STANDARD_DOMAINS = ("", "ai.onnx", ML)
+MIN_OPSET = 21
+MIN_ML_OPSET = 3
+BATCH_DIM = "N"
+
+
+@dataclasses.dataclass(frozen=True)
+class Versions:
+    """The versions every normalized source (and the fused file) uses."""
+
+    opset: int
+    ml_opset: int
+    ir_version: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizedModel:
+    """A source after normalize: a new proto (the loaded one is untouched)."""
+
+    source: SourceModel
+    proto: onnx.ModelProto
+    zipmap_classes: dict[str, tuple[int, ...] | tuple[str, ...]]
+
+
+def normalize(
+    sources: Sequence[SourceModel],
+    *,
+    target_opset: int | None = None,
+    max_ir_version: int | None = None,
+) -> tuple[tuple[NormalizedModel, ...], Versions]:
+    """Normalize every source to shared versions.
+
+    Rules: ZipMap outputs become the float `[N, C]` tensor they wrap (class list
+    kept); sparse initializers become Constant nodes (onnx-ir cannot hold them);
+    ai.onnx is converted with onnx.version_converter to max(21, highest source) or
+    `target_opset`; ai.onnx.ml is raised to max(3, highest source) only where each
+    ML op's schema accepts the node unchanged; one opset import per domain; IR =
+    the minimum those opsets need, refused above `max_ir_version`; static batch
+    dims on outputs are relaxed to `N`.
+    """
+    for source in sources:
+        _check_domains(source)
+    versions = decide_versions(sources, target_opset=target_opset, max_ir_version=max_ir_version)
+    return tuple(_normalize_one(source, versions) for source in sources), versions
+
+
+def decide_versions(
+    sources: Sequence[SourceModel],
+    *,
+    target_opset: int | None = None,
+    max_ir_version: int | None = None,
+) -> Versions:
+    """Opsets and IR version for the fused file, refused when a limit is exceeded."""
+    newest = onnx.defs.onnx_opset_version()
+    newest_ml = max(row[3] for row in helper.VERSION_TABLE)
+    highest = max((_opset(s.proto, "") or 0 for s in sources), default=0)
+    highest_ml = max((_opset(s.proto, ML) or 0 for s in sources), default=0)
+    for source in sources:
+        for domain, limit in (("", newest), (ML, newest_ml)):
+            version = _opset(source.proto, domain) or 0
+            if version > limit:
+                name = domain or "ai.onnx"
+                raise OnnxfuseError(
+                    f"{source.label}: opset {name} {version} is newer than the installed "
+                    f"onnx {onnx.__version__} knows ({limit}); upgrade onnx"
+                )
+    opset = target_opset if target_opset is not None else max(MIN_OPSET, highest)
+    if not 1 <= opset <= newest:
+        raise OnnxfuseError(f"--target-opset {opset}: the installed onnx supports 1..{newest}")
+    ml_opset = max(MIN_ML_OPSET, highest_ml)
+    ir_version = helper.find_min_ir_version_for(
+        [helper.make_opsetid("", opset), helper.make_opsetid(ML, ml_opset)]
+    )
+    if max_ir_version is not None and ir_version > max_ir_version:
+        raise OnnxfuseError(
+            f"--max-ir-version {max_ir_version}: ai.onnx {opset} with ai.onnx.ml {ml_opset} "
+            f"needs IR version {ir_version}; lower --target-opset"
+        )
+    return Versions(opset=opset, ml_opset=ml_opset, ir_version=ir_version)
+
+
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of a graph and of its subgraphs (If/Loop/Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_nodes(sub)
+
+
+def iter_model_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every node of the model: graph, subgraphs and local function bodies."""
+    yield from iter_nodes(proto.graph)
+    for function in proto.functions:
+        for node in function.node:
+            yield node
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from iter_nodes(attr.g)
+
+
+def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
+    proto = onnx.ModelProto()
+    proto.CopyFrom(source.proto)
+    _sparse_to_constants(proto.graph)
+    classes = _strip_zipmap(proto, source.label)
+    _check_ml_ops(proto, source.label, versions.ml_opset)
+    proto = _convert_opset(proto, source.label, versions.opset)
+    _set_opset_imports(proto, versions)
+    proto.ir_version = versions.ir_version
+    _relax_batch_dims(proto.graph)
+    return NormalizedModel(source=source, proto=proto, zipmap_classes=classes)
+
+
+def _opset(proto: onnx.ModelProto, domain: str) -> int | None:
+    versions = [o.version for o in proto.opset_import if (o.domain or "") in _aliases(domain)]
+    return max(versions) if versions else None
+
+
+def _aliases(domain: str) -> tuple[str, ...]:
+    return ("", "ai.onnx") if domain in ("", "ai.onnx") else (domain,)
+
+
+def _check_domains(source: SourceModel) -> None:
+    """Only standard ops (and the model's own local functions) can be fused portably."""
+    local = {(f.domain, f.name) for f in source.proto.functions}
+    for node in iter_model_nodes(source.proto):
+        if node.domain in STANDARD_DOMAINS or (node.domain, node.op_type) in local:
+            continue
+        raise OnnxfuseError(
+            f"{source.label}: node '{node.name or node.op_type}' uses op "
+            f"'{node.domain}:{node.op_type}' from a non-standard domain; onnxfuse writes only "
+            "ai.onnx and ai.onnx.ml ops so the result runs everywhere"
+        )
+    if any(node.domain == "" for node in iter_model_nodes(source.proto)) and _opset(source.proto, "") is None:
+        raise OnnxfuseError(f"{source.label}: uses ai.onnx ops but imports no ai.onnx opset")
+
+
+def _sparse_to_constants(graph: onnx.GraphProto) -> None:
+    constants = [
+        helper.make_node("Constant", [], [sparse.values.name], sparse_value=sparse)
+        for sparse in graph.sparse_initializer
+    ]
+    if constants:
+        nodes = constants + list(graph.node)
+        del graph.sparse_initializer[:]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _strip_zipmap(proto: onnx.ModelProto, label: str) -> dict[str, tuple]:
+    """Replace each ZipMap feeding a graph output by an Identity of its float `[N, C]` input."""
+    graph = proto.graph
+    outputs = {o.name: o for o in graph.output}
+    classes: dict[str, tuple] = {}
+    for node in iter_model_nodes(proto):
+        if node.op_type != "ZipMap" or node.domain != ML:
+            continue
+        if node.output[0] not in outputs:
+            raise OnnxfuseError(f"{label}: a ZipMap that does not feed a graph output is not supported")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        labels = attrs.get("classlabels_int64s") or attrs.get("classlabels_strings") or []
+        labels = tuple(x.decode() if isinstance(x, bytes) else int(x) for x in labels)
+        classes[node.output[0]] = labels
+        node.op_type, node.domain = "Identity", ""
+        del node.attribute[:]
+        output = outputs[node.output[0]]
+        output.type.CopyFrom(helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [BATCH_DIM, len(labels)]))
+    return classes
+
+
+def _check_ml_ops(proto: onnx.ModelProto, label: str, target: int) -> None:
+    """Raise ai.onnx.ml only where each ML node means the same at the target version."""
+    source = _opset(proto, ML)
+    if source is None or source == target:
+        return
+    for node in iter_model_nodes(proto):
+        if node.domain != ML:
+            continue
+        problem = _ml_incompatibility(node, source, target)
+        if problem:
+            raise OnnxfuseError(
+                f"{label}: op ai.onnx.ml:{node.op_type} cannot move from ai.onnx.ml {source} to "
+                f"{target} unchanged ({problem})"
+            )
+
+
+def _ml_incompatibility(node: onnx.NodeProto, source: int, target: int) -> str | None:
+    try:
+        old = onnx.defs.get_schema(node.op_type, source, ML)
+        new = onnx.defs.get_schema(node.op_type, target, ML)
+    except onnx.defs.SchemaError:
+        return "unknown op"
+    if old.since_version == new.since_version:
+        return None
+    if new.deprecated:
+        return f"deprecated at ai.onnx.ml {new.since_version}"
+    used = {a.name for a in node.attribute}
+    if missing := sorted(used - set(new.attributes)):
+        return f"attributes {', '.join(missing)} no longer exist"
+    required = {n for n, a in new.attributes.items() if a.required}
+    if lacking := sorted(required - used):
+        return f"required attributes {', '.join(lacking)} are not set"
+    return None
+
+
+def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.ModelProto:
+    source = _opset(proto, "")
+    if source is None or source == target:
+        return proto
+    try:
+        return version_converter.convert_version(proto, target)
+    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+        reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+        raise OnnxfuseError(
+            f"{label}: cannot convert ai.onnx opset {source} to {target}: {reason}"
+        ) from exc
+
+
+def _set_opset_imports(proto: onnx.ModelProto, versions: Versions) -> None:
+    """Exactly one import per domain: ai.onnx, ai.onnx.ml where used, and local function domains."""
+    domains = {node.domain for node in iter_model_nodes(proto)}
+    imports = {"": versions.opset}
+    if ML in domains:
+        imports[ML] = versions.ml_opset
+    for function in proto.functions:
+        imports.setdefault(function.domain, 1)
+    for opset in proto.opset_import:
+        if opset.domain not in STANDARD_DOMAINS:
+            imports[opset.domain] = opset.version
+    del proto.opset_import[:]
+    proto.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(imports.items()))
+
+
+def _relax_batch_dims(graph: onnx.GraphProto) -> None:
+    """A static first dim on an output is wrong when the batch is dynamic (LightGBM's `[1]`)."""
+    dynamic = any(_first_dim_is_dynamic(i) for i in graph.input)
+    if not dynamic:
+        return
+    for output in graph.output:
+        if not output.type.HasField("tensor_type") or not output.type.tensor_type.HasField("shape"):
+            continue
+        dims = output.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_DIM
+
+
+def _first_dim_is_dynamic(value: onnx.ValueInfoProto) -> bool:
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return False
+    dims = value.type.tensor_type.shape.dim
+    return bool(dims) and not dims[0].HasField("dim_value")

@@ -1,0 +1,152 @@
+"""Union the normalized sources into one onnx-ir graph under `m{i}/` prefixes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import InlinePass
+
+from onnxfuse.bind import FEATURES, Binding, InputBinding
+from onnxfuse.normalize import BATCH_DIM, ML, STANDARD_DOMAINS, NormalizedModel, Versions
+
+GRAPH_NAME = "onnxfuse"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spliced:
+    """The fused graph (no outputs yet) and each model's outputs inside it, by original name."""
+
+    model: ir.Model
+    outputs: tuple[dict[str, ir.Value], ...]
+
+
+def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versions) -> Spliced:
+    """Splice every model into one graph.
+
+    Rules: model i's every name (nodes, values, initializers, subgraph values and
+    their outer-scope references, local functions and their call sites) gets the
+    prefix `m{i}/`; its column inputs read `Gather(features, columns, axis=1)`
+    (plus a Cast to the type it wants), its other inputs the shared graph input of
+    the same name; local functions are inlined so only standard domains remain.
+    Each model is deserialized anew from its proto, so no source is mutated.
+    """
+    fused = ir.Graph(
+        inputs=[], outputs=[], nodes=[], name=GRAPH_NAME,
+        opset_imports={"": versions.opset, ML: versions.ml_opset},
+    )  # fmt: skip
+    model = ir.Model(fused, ir_version=versions.ir_version, producer_name="onnxfuse")
+    if binding.features:
+        fused.inputs.append(ir.val(FEATURES, ir.DataType.FLOAT, [BATCH_DIM, len(binding.features)]))
+    for value_info in binding.shared:
+        fused.inputs.append(ir.serde.deserialize_value_info_proto(value_info, None))
+    shared = {v.name: v for v in fused.inputs}
+    outputs = []
+    for index, (normalized, bindings) in enumerate(zip(models, binding.models), start=1):
+        source = ir.serde.deserialize_model(normalized.proto)
+        ir.external_data.set_base_dir(source.graph, str(normalized.source.path.resolve().parent))
+        prefix = f"m{index}/"
+        _prefix_names(source, prefix)
+        _bind_inputs(source.graph, fused, bindings, binding, shared=shared, prefix=prefix)
+        names = [output.name for output in normalized.proto.graph.output]
+        outputs.append(dict(zip(names, source.graph.outputs)))
+        _move_graph(source, model)
+    InlinePass()(model)
+    for domain in list(fused.opset_imports):
+        if domain not in STANDARD_DOMAINS:
+            del fused.opset_imports[domain]
+    model.opset_imports.update(fused.opset_imports)
+    return Spliced(model=model, outputs=tuple(outputs))
+
+
+def _prefix_names(model: ir.Model, prefix: str) -> None:
+    """Prefix every name, in every scope; outer-scope references follow the Value objects."""
+    seen: set[int] = set()
+    for graph in model.graphs():
+        values = list(graph.inputs) + list(graph.initializers.values())
+        for node in graph:
+            if node.name:
+                node.name = prefix + node.name
+            values.extend(node.outputs)
+        for value in values:
+            if value.name and id(value) not in seen:
+                seen.add(id(value))
+                value.name = prefix + value.name
+    renamed = {}
+    for function in model.functions.values():
+        old = function.identifier()
+        function.name = prefix + function.name
+        renamed[old] = function
+        for node in function:
+            if node.name:
+                node.name = prefix + node.name
+    for node in _call_sites(model):
+        function = renamed.get((node.domain, node.op_type, node.overload))
+        if function is not None:
+            node.op_type = function.name
+    model.functions.clear()
+    model.functions.update({f.identifier(): f for f in renamed.values()})
+
+
+def _call_sites(model: ir.Model) -> list[ir.Node]:
+    nodes = list(model.graph.all_nodes())
+    for function in model.functions.values():
+        nodes.extend(function.all_nodes())
+    return nodes
+
+
+def _bind_inputs(
+    source: ir.Graph,
+    fused: ir.Graph,
+    bindings: Sequence[InputBinding],
+    binding: Binding,
+    *,
+    shared: dict[str, ir.Value],
+    prefix: str,
+) -> None:
+    inputs = {v.name: v for v in source.inputs if not v.is_initializer()}
+    for input_binding in bindings:
+        value = inputs[prefix + input_binding.name]
+        if input_binding.columns is None:
+            replacement = shared[input_binding.name]
+        else:
+            replacement = _gather_columns(fused, input_binding, binding, prefix=prefix)
+        value.replace_all_uses_with(replacement, replace_graph_outputs=True)
+    source.inputs.clear()
+
+
+def _gather_columns(fused: ir.Graph, input_binding: InputBinding, binding: Binding, *, prefix: str) -> ir.Value:
+    """`Gather(features, [columns], axis=1)`, then Cast when the model wants another type."""
+    indices = [binding.column_index(c) for c in input_binding.columns or ()]
+    index_array = np.array(indices[0] if input_binding.rank == 1 else indices, dtype=np.int64)
+    base = f"{prefix}bind/{input_binding.name}"
+    columns = ir.val(f"{base}/columns", const_value=ir.tensor(index_array, name=f"{base}/columns"))
+    columns.type, columns.shape = ir.TensorType(ir.DataType.INT64), ir.Shape(index_array.shape)
+    fused.register_initializer(columns)
+    gather = ir.node("Gather", [fused.inputs[0], columns], {"axis": 1}, name=f"{base}/Gather")
+    gather.outputs[0].name = f"{base}/gathered"
+    fused.append(gather)
+    wanted = ir.DataType(input_binding.elem_type)
+    if wanted == ir.DataType.FLOAT:
+        return gather.outputs[0]
+    cast = ir.node("Cast", [gather.outputs[0]], {"to": wanted}, name=f"{base}/Cast")
+    cast.outputs[0].name = f"{base}/cast"
+    fused.append(cast)
+    return cast.outputs[0]
+
+
+def _move_graph(source: ir.Model, target: ir.Model) -> None:
+    """Move nodes, initializers and functions of `source` into `target`."""
+    graph, fused = source.graph, target.graph
+    graph.outputs.clear()
+    nodes = list(graph)
+    graph.remove(nodes, safe=False)
+    fused.extend(nodes)
+    for name in list(graph.initializers):
+        value = graph.initializers.pop(name)
+        fused.register_initializer(value)
+    for identifier, function in source.functions.items():
+        target.functions[identifier] = function
+        fused.opset_imports.setdefault(function.domain, 1)

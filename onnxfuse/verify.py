@@ -1,0 +1,166 @@
+"""Check the staged fused model: valid, portable, and equal to every source on real rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import external_data_helper, helper
+from onnx.reference import ReferenceEvaluator
+
+from onnxfuse.bind import FEATURES, Binding
+from onnxfuse.errors import VerificationError
+from onnxfuse.normalize import STANDARD_DOMAINS, NormalizedModel, iter_model_nodes
+
+VERIFY_FILE = "verify.onnx"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Per-output tolerances: labels (ints, strings) compare exactly."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+
+SOURCE_TOLERANCE = Tolerance()
+REFERENCE_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-5)
+
+
+def verify(
+    staged: Path,
+    models: Sequence[NormalizedModel],
+    binding: Binding,
+    *,
+    feeds: Mapping[str, np.ndarray],
+) -> None:
+    """Raise VerificationError unless the staged model is sound.
+
+    Rules: `check_model(full_check=True)` passes; nodes and opset imports use only
+    ai.onnx / ai.onnx.ml; each spliced copy `m{i}/<output>` equals source i run
+    alone in onnxruntime on the same rows (ZipMap outputs read in class order);
+    onnxruntime and onnx's ReferenceEvaluator agree on every output.
+    """
+    try:
+        onnx.checker.check_model(str(staged), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VerificationError(f"the fused model fails the ONNX checker: {exc}") from exc
+    proto = onnx.load(str(staged), load_external_data=False)
+    _check_portable(proto)
+    names = [f"m{i}/{o.name}" for i, m in enumerate(models, start=1) for o in m.proto.graph.output]
+    verify_path = _with_model_outputs(proto, staged.parent, names)
+    fused = run_onnxruntime(verify_path, feeds)
+    for index, model in enumerate(models, start=1):
+        expected = run_source(model, binding.models[index - 1], binding, feeds)
+        for name, value in expected.items():
+            _compare(f"m{index}/{name}", fused[f"m{index}/{name}"], value, SOURCE_TOLERANCE, f"model {index} alone")
+    reference = run_reference(verify_path, feeds)
+    for name, value in fused.items():
+        _compare(name, reference[name], value, REFERENCE_TOLERANCE, "onnxruntime vs the reference evaluator")
+
+
+def session_options() -> ort.SessionOptions:
+    """Memory-mapped weights stay unread until used: prepacking would copy them."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
+def run_onnxruntime(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
+
+
+def run_source(model: NormalizedModel, bindings, binding: Binding, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of the source file alone, fed the same rows the fused model read."""
+    source_feeds = {}
+    for input_binding in bindings:
+        if input_binding.columns is None:
+            source_feeds[input_binding.name] = feeds[input_binding.name]
+            continue
+        columns = [binding.column_index(c) for c in input_binding.columns]
+        block = feeds[FEATURES][:, columns[0] if input_binding.rank == 1 else columns]
+        source_feeds[input_binding.name] = block.astype(helper.tensor_dtype_to_np_dtype(input_binding.elem_type))
+    session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    results = dict(zip(names, session.run(None, source_feeds)))
+    for name, classes in model.zipmap_classes.items():
+        results[name] = np.array([[row[c] for c in classes] for row in results[name]], dtype=np.float32)
+    return results
+
+
+def run_reference(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ReferenceEvaluator with large weights fed as memory-mapped arrays, never copied."""
+    proto = onnx.load(str(path), load_external_data=False)
+    folder = path.parent
+    mapped = {}
+    kept = []
+    for tensor in proto.graph.initializer:
+        if not external_data_helper.uses_external_data(tensor):
+            kept.append(tensor)
+            continue
+        mapped[tensor.name] = _memmap(tensor, folder)
+        proto.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    external_data_helper.load_external_data_for_model(proto, str(folder))
+    evaluator = ReferenceEvaluator(proto)
+    names = [o.name for o in proto.graph.output]
+    wanted = {i.name for i in proto.graph.input}
+    inputs = {k: v for k, v in feeds.items() if k in wanted} | mapped
+    return dict(zip(names, evaluator.run(None, inputs)))
+
+
+def _memmap(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    info = external_data_helper.ExternalDataInfo(tensor)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    shape = tuple(tensor.dims)
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(folder / info.location, dtype=dtype, mode="r", offset=info.offset or 0, shape=shape)
+
+
+def _check_portable(proto: onnx.ModelProto) -> None:
+    domains = {o.domain for o in proto.opset_import} | {n.domain for n in iter_model_nodes(proto)}
+    if extra := sorted(domains - set(STANDARD_DOMAINS)):
+        raise VerificationError(f"the fused model uses non-standard domains: {', '.join(extra)}")
+    if proto.functions:
+        raise VerificationError("the fused model still holds local functions")
+
+
+def _with_model_outputs(proto: onnx.ModelProto, folder: Path, names: Sequence[str]) -> Path:
+    """A copy of the staged model that also outputs every `m{i}/` source output."""
+    known = {v.name: v for v in proto.graph.value_info}
+    present = {o.name for o in proto.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        if name not in known:
+            raise VerificationError(f"{name}: the source output is missing from the fused graph")
+        proto.graph.output.append(known[name])
+    path = folder / VERIFY_FILE
+    onnx.save(proto, str(path))
+    return path
+
+
+def _compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance, what: str) -> None:
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.size == expected.size:
+        actual = actual.reshape(expected.shape)
+    if actual.shape != expected.shape:
+        raise VerificationError(f"{name}: shape {actual.shape} differs from {expected.shape} ({what})")
+    if expected.dtype.kind in "fc":
+        if not np.allclose(actual, expected, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True):
+            worst = float(np.nanmax(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+            raise VerificationError(f"{name}: values differ by up to {worst:.3g} ({what})")
+    elif not np.array_equal(actual.astype(expected.dtype), expected):
+        mismatched = int(np.sum(actual.astype(expected.dtype) != expected))
+        raise VerificationError(f"{name}: {mismatched} of {expected.size} labels differ ({what})")
+

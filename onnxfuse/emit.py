@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import external_data_helper
@@ -42,8 +43,27 @@ def stage(model: ir.Model, folder: Path, *, out: Path, metadata: Mapping[str, st
     model.metadata_props.clear()
     model.metadata_props.update(sorted(metadata.items()))
     path = folder / STAGED
+    _keep_strings_inline(model)
     ir.save(model, path, external_data=data_name(out), size_threshold_bytes=1024)
     return path
+
+
+class _InlineStringTensor(ir.StringTensor):
+    """ONNX forbids string tensors in external data: report no bytes so onnx-ir keeps them inline."""
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+def _keep_strings_inline(model: ir.Model) -> None:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None and tensor.dtype == ir.DataType.STRING and not isinstance(tensor, _InlineStringTensor):
+                items = [v.encode() if isinstance(v, str) else bytes(v) for v in tensor.numpy().ravel()]
+                strings = np.array(items, dtype=object).reshape(tensor.shape.numpy())
+                value.const_value = _InlineStringTensor(strings, name=tensor.name)
 
 
 def metadata_json(value: object) -> str:

@@ -1,0 +1,541 @@
+"""Time and peak memory of `onnxfuse merge` on two large models, beside the floors it is judged against.
+
+What it measures, each in its own fresh subprocess so every peak RSS is that process's own
+(read with `os.wait4`, which returns the child's rusage):
+
+    baseline  python + `import onnxfuse.pipeline`: the interpreter and its imports
+    (a) floor onnx-ir: `ir.load` both sources, `ir.save` each to a new file with external data
+    (b) floor onnxruntime: one InferenceSession of the fused file (prepacking off), one run on 64 rows
+    (c) onnxfuse: the whole `onnxfuse merge A B --features a,b,c,d --features e,f,g,h --fusion mean -o OUT`
+    (d) onnxfuse compile stages only: load, normalize, bind, splice, fuse, stage, emit (no verify)
+
+The two sources are generated first (deterministic, seeded numpy): MLP regressors built with
+onnx.helper at opset 21 / IR 10, input `X` float [N, 4], output `variable` float [N, 1], each
+with `--mb` MiB of float32 MatMul weights in one `.data` file beside its `.onnx`. All files live
+in a temporary folder that is deleted at the end (unless `--keep`).
+
+Every measurement runs `--repeat` times, interleaved; the table shows medians. `wall` is the
+whole subprocess (interpreter start and imports included), `work` the part after the imports.
+Targets (PASS/MISS is printed, the exit status is 0 unless something fails):
+
+    (d) wall / (a) wall           <= 2x    compile stages vs the load+save floor
+    (d) peak RSS                  <  300 MiB
+    (c) peak RSS / fused file     <  1.3x  whole merge vs the weights it writes
+
+Run it from the repository root:
+
+    python benchmarks/bench_merge.py               # 2 x 200 MiB sources, 3 repeats
+    python benchmarks/bench_merge.py --mb 20 --repeat 1 --keep
+
+Sizes are in MiB (2**20 bytes). The driver process imports only the standard library: on Linux a
+child's ru_maxrss starts from the RSS of the process that spawned it, so the driver stays small
+(its own peak is printed; measured peaks cannot be below it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+MIB = 1 << 20
+CHILD = "_child"
+FEATURES = ("a,b,c,d", "e,f,g,h")
+SEEDS = (1, 2)
+ALIGN = 4096
+RUN_ROWS = 64
+TARGET_TIME_RATIO = 2.0
+TARGET_STAGES_RSS_MIB = 300.0
+TARGET_MERGE_RSS_RATIO = 1.3
+
+
+class BenchError(RuntimeError):
+    """A measured subprocess failed: the benchmark cannot go on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One subprocess run: wall seconds, peak RSS and what the child reported."""
+
+    wall_s: float
+    peak_mib: float
+    report: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One row of the table: a child mode and how to build its arguments for run `i`."""
+
+    key: str
+    title: str
+    mode: str
+    args: Callable[[int], list[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Every file of one benchmark, inside the temporary folder."""
+
+    root: Path
+
+    @property
+    def sources(self) -> tuple[Path, Path]:
+        return (self.root / "src" / "a.onnx", self.root / "src" / "b.onnx")
+
+    def fused(self, key: str, run: int) -> Path:
+        return self.root / "out" / f"{key}{run}" / "fused.onnx"
+
+    def copies(self, run: int) -> Path:
+        return self.root / "out" / f"floor{run}"
+
+    def result(self, key: str, run: int) -> Path:
+        return self.root / "log" / f"{key}{run}.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Child side: each function below runs in its own subprocess (`bench_merge.py _child MODE ...`).
+# ---------------------------------------------------------------------------------------------
+
+
+def _memory_now() -> dict[str, float]:
+    """VmHWM / VmRSS / RssAnon / RssFile of this process, MiB (Linux)."""
+    fields = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+class _Clock:
+    """Stage timings and memory, from the moment the imports are done."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.last = self.start
+        self.stages: list[dict] = []
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages.append({"stage": name, "s": now - self.last, **_memory_now()})
+        self.last = now
+
+    def report(self, **extra: object) -> dict:
+        return {"work_s": time.perf_counter() - self.start, "stages": self.stages, **extra}
+
+
+def child_generate(out_dir: str, mb: str) -> dict:
+    """Write a.onnx/a.data and b.onnx/b.data: two seeded MLP regressors of `mb` MiB each."""
+    import numpy as np  # noqa: F401 - imported here so the driver stays small
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    hidden = max(8, round((float(mb) * MIB / 8) ** 0.5))
+    sizes = []
+    for name, seed in zip(("a", "b"), SEEDS):
+        sizes.append(_write_mlp(folder / f"{name}.onnx", hidden=hidden, seed=seed))
+    return {"hidden": hidden, "weight_bytes": sizes}
+
+
+def _write_mlp(path: Path, *, hidden: int, seed: int) -> int:
+    """X[N,4] -> MatMul 4xH -> Relu -> MatMul HxH -> Relu -> MatMul HxH -> Relu -> MatMul Hx1."""
+    import onnx
+    from onnx import helper
+
+    shapes = [(4, hidden), (hidden, hidden), (hidden, hidden), (hidden, 1)]
+    data = path.with_suffix(".data")
+    initializers = _write_weights(data, shapes, seed)
+    nodes, current = [], "X"
+    for index in range(len(shapes)):
+        out = "variable" if index == len(shapes) - 1 else f"h{index}"
+        nodes.append(helper.make_node("MatMul", [current, f"W{index}"], [out], name=f"matmul{index}"))
+        current = out
+        if index < len(shapes) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"r{index}"], name=f"relu{index}"))
+            current = f"r{index}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("variable", onnx.TensorProto.FLOAT, ["N", 1])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    model.producer_name = "bench_merge"
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))
+    return data.stat().st_size
+
+
+def _write_weights(data: Path, shapes: Sequence[tuple[int, int]], seed: int) -> list:
+    """Stream normal * 0.01 float32 weights into `data`, 4096-aligned, in row blocks of <= 16 MiB."""
+    import numpy as np
+    import onnx
+
+    rng = np.random.default_rng(seed)
+    tensors = []
+    with open(data, "wb") as handle:
+        for index, (rows, cols) in enumerate(shapes):
+            handle.write(b"\0" * (-handle.tell() % ALIGN))
+            offset = handle.tell()
+            block = max(1, (16 * MIB) // (4 * cols))
+            for start in range(0, rows, block):
+                chunk = rng.standard_normal((min(block, rows - start), cols), dtype=np.float32) * np.float32(0.01)
+                handle.write(chunk.tobytes())
+            tensor = onnx.TensorProto(name=f"W{index}", data_type=onnx.TensorProto.FLOAT, dims=[rows, cols])
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data.name), ("offset", offset), ("length", rows * cols * 4)):
+                tensor.external_data.add(key=key, value=str(value))
+            tensors.append(tensor)
+    return tensors
+
+
+def child_baseline() -> dict:
+    """The interpreter plus the imports every onnxfuse run pays."""
+    import onnxfuse.pipeline  # noqa: F401
+
+    return _Clock().report()
+
+
+def child_floor_save(a: str, b: str, out_dir: str) -> dict:
+    """onnx-ir's natural load+save: both models loaded, each saved with its own external data."""
+    import onnx_ir as ir
+
+    clock = _Clock()
+    models = [ir.load(a), ir.load(b)]
+    clock.mark("ir.load x2")
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for model, name in zip(models, ("a", "b")):
+        ir.save(model, folder / f"{name}.onnx", external_data=f"{name}.data")
+        clock.mark(f"ir.save {name}")
+    return clock.report()
+
+
+def child_floor_ort(fused: str) -> dict:
+    """One onnxruntime session on the fused file, prepacking off, one run on 64 rows."""
+    import numpy as np
+    import onnxruntime as ort
+
+    clock = _Clock()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    session = ort.InferenceSession(fused, options, providers=["CPUExecutionProvider"])
+    clock.mark("InferenceSession")
+    width = session.get_inputs()[0].shape[1]
+    rows = np.random.default_rng(0).normal(size=(RUN_ROWS, width)).astype(np.float32)
+    outputs = session.run(None, {session.get_inputs()[0].name: rows})
+    clock.mark(f"run {RUN_ROWS} rows")
+    first = np.asarray(outputs[0])
+    return clock.report(output_shape=list(first.shape), finite=bool(np.isfinite(first).all()))
+
+
+def child_merge(*argv: str) -> dict:
+    """The `onnxfuse` console script (`onnxfuse.cli:main`) with these arguments."""
+    import onnxfuse.pipeline  # noqa: F401 - the command imports it lazily; count it as an import
+    from onnxfuse.cli import main
+
+    clock = _Clock()
+    sys.argv = ["onnxfuse", *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    return clock.report()
+
+
+def child_stages(a: str, b: str, out: str) -> dict:
+    """pipeline.merge without verify: load, normalize, bind, splice, fuse, then stage + emit."""
+    from onnxfuse import __version__
+    from onnxfuse.bind import bind
+    from onnxfuse.emit import check_output, emit, fused_metadata, stage, workspace
+    from onnxfuse.fuse import fuse
+    from onnxfuse.load import load_model
+    from onnxfuse.normalize import normalize
+    from onnxfuse.outputs import output_role
+    from onnxfuse.pipeline import _describe_source
+    from onnxfuse.spec import ModelSpec
+    from onnxfuse.splice import splice
+
+    clock = _Clock()
+    output = Path(out)
+    specs = [ModelSpec(path=Path(p), features=tuple(f.split(","))) for p, f in zip((a, b), FEATURES)]
+    inputs = [s.path for s in specs]
+    check_output(output, inputs)
+    sources = tuple(load_model(spec, index) for index, spec in enumerate(specs, start=1))
+    clock.mark("load")
+    models, versions = normalize(sources)
+    clock.mark("normalize")
+    binding = bind(models, data_columns=None)
+    roles = [output_role(model) for model in models]
+    clock.mark("bind")
+    spliced = splice(models, binding, versions)
+    clock.mark("splice")
+    fused = fuse(spliced, roles, method="mean")
+    metadata_props = fused_metadata(
+        features=binding.features,
+        classes=fused.classes,
+        sources=[_describe_source(s) for s in sources],
+        fusion={"method": fused.method, "task": fused.task, "weights": list(fused.weights)},
+        version=__version__,
+    )
+    clock.mark("fuse")
+    with workspace(output, inputs) as folder:
+        staged = stage(fused.model, folder, out=output, metadata=metadata_props)
+        clock.mark("stage")
+        emit(staged, output)
+        clock.mark("emit")
+    return clock.report()
+
+
+CHILDREN: dict[str, Callable[..., dict]] = {
+    "generate": child_generate,
+    "baseline": child_baseline,
+    "floor-save": child_floor_save,
+    "floor-ort": child_floor_ort,
+    "merge": child_merge,
+    "stages": child_stages,
+}
+
+
+def child_main(argv: Sequence[str]) -> None:
+    """`_child MODE RESULT.json ARGS...`: run MODE, write its report as JSON."""
+    mode, result, *args = argv
+    report = CHILDREN[mode](*args)
+    Path(result).write_text(json.dumps(report))
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side: standard library only.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_child(mode: str, args: Sequence[str], result: Path) -> Sample:
+    """Run one child; its own peak RSS comes from `os.wait4`. Raise BenchError if it fails."""
+    result.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(Path(__file__).resolve()), CHILD, mode, str(result), *args]
+    env = {**os.environ, "ONNXFUSE_DEBUG": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    log = result.with_suffix(".log")
+    with open(log, "wb") as handle:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise BenchError(f"{mode} exited with {process.returncode}: {shlex.join(command)}\n{tail}")
+    return Sample(wall_s=wall, peak_mib=usage.ru_maxrss / 1024, report=json.loads(result.read_text()))
+
+
+def measurements(paths: Paths) -> list[Measurement]:
+    a, b = (str(p) for p in paths.sources)
+    features = [arg for f in FEATURES for arg in ("--features", f)]
+    return [
+        Measurement("baseline", "baseline: python + import onnxfuse.pipeline", "baseline", lambda i: []),
+        Measurement("a", "(a) floor: ir.load x2 + ir.save x2", "floor-save", lambda i: [a, b, str(paths.copies(i))]),
+        Measurement(
+            "c",
+            "(c) onnxfuse merge (whole CLI)",
+            "merge",
+            lambda i: ["merge", a, b, *features, "--fusion", "mean", "-o", str(paths.fused("c", i))],
+        ),
+        Measurement("d", "(d) compile stages (no verify)", "stages", lambda i: [a, b, str(paths.fused("d", i))]),
+        Measurement("b", "(b) floor: ORT session + run 64 rows", "floor-ort", lambda i: [str(paths.fused("c", i))]),
+    ]
+
+
+def run_all(paths: Paths, repeat: int) -> dict[str, list[Sample]]:
+    """Every measurement `repeat` times, interleaved; the outputs of each run are deleted after it."""
+    samples: dict[str, list[Sample]] = {}
+    for run in range(repeat):
+        for measurement in measurements(paths):
+            if measurement.key in ("c", "d"):
+                paths.fused(measurement.key, run).parent.mkdir(parents=True, exist_ok=True)
+            sample = run_child(measurement.mode, measurement.args(run), paths.result(measurement.key, run))
+            samples.setdefault(measurement.key, []).append(sample)
+            print(f"  run {run + 1}/{repeat} {measurement.key:>8}: {sample.wall_s:7.2f} s {sample.peak_mib:8.1f} MiB",
+                  flush=True)
+        _check_outputs(paths, run, samples)
+        if run < repeat - 1 or not _keep:
+            _remove_outputs(paths, run)
+    return samples
+
+
+_keep = False
+
+
+def _check_outputs(paths: Paths, run: int, samples: dict[str, list[Sample]]) -> None:
+    """The whole merge and the compile stages must write the same bytes; the run must be finite."""
+    same = _sha256(paths.fused("c", run)) == _sha256(paths.fused("d", run))
+    sizes = (paths.fused("c", run).stat().st_size, paths.fused("d", run).stat().st_size)
+    samples.setdefault("_checks", []).append(
+        Sample(0.0, 0.0, {"same_bytes": same, "fused_bytes": sizes[0], "stages_bytes": sizes[1],
+                          "ort": samples["b"][-1].report})
+    )
+
+
+def _remove_outputs(paths: Paths, run: int) -> None:
+    for folder in (paths.copies(run), paths.fused("c", run).parent, paths.fused("d", run).parent):
+        for file in sorted(folder.glob("*")) if folder.is_dir() else []:
+            file.unlink()
+        if folder.is_dir():
+            folder.rmdir()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(MIB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _driver_peak_mib() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _versions() -> str:
+    names = ("onnxruntime", "onnx", "onnx-ir", "numpy", "onnxfuse")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return ", ".join(found) + f", python {sys.version.split()[0]}"
+
+
+def _median(samples: Sequence[Sample], value: Callable[[Sample], float]) -> float:
+    return statistics.median(value(s) for s in samples)
+
+
+def print_table(paths: Paths, samples: dict[str, list[Sample]]) -> None:
+    baseline = _median(samples["baseline"], lambda s: s.peak_mib)
+    print(f"\n{'measurement':44} {'wall s':>8} {'work s':>8} {'peak RSS MiB':>13} {'- baseline':>11}  runs (wall s / MiB)")
+    for m in measurements(paths):
+        rows = samples[m.key]
+        wall = _median(rows, lambda s: s.wall_s)
+        work = _median(rows, lambda s: s.report.get("work_s", float("nan")))
+        peak = _median(rows, lambda s: s.peak_mib)
+        runs = " ".join(f"{s.wall_s:.2f}/{s.peak_mib:.0f}" for s in rows)
+        print(f"{m.title:44} {wall:8.2f} {work:8.2f} {peak:13.1f} {peak - baseline:11.1f}  {runs}")
+
+
+def print_stages(samples: dict[str, list[Sample]]) -> None:
+    """Per-stage seconds and memory of the median-wall run of (a), (b) and (d)."""
+    for key, title in (("d", "(d) compile stages"), ("a", "(a) floor load+save"), ("b", "(b) floor onnxruntime")):
+        rows = sorted(samples[key], key=lambda s: s.wall_s)
+        stages = rows[len(rows) // 2].report.get("stages", [])
+        print(f"\n{title}, median run, after each stage (MiB):")
+        print(f"  {'stage':20} {'s':>7} {'VmHWM':>8} {'VmRSS':>8} {'RssAnon':>8} {'RssFile':>8}")
+        for row in stages:
+            print(f"  {row['stage']:20} {row['s']:7.2f} {row.get('VmHWM', 0):8.1f} {row.get('VmRSS', 0):8.1f} "
+                  f"{row.get('RssAnon', 0):8.1f} {row.get('RssFile', 0):8.1f}")
+
+
+def print_targets(samples: dict[str, list[Sample]], fused_mib: float) -> None:
+    def med(key: str, value: Callable[[Sample], float]) -> float:
+        return _median(samples[key], value)
+
+    time_ratio = med("d", lambda s: s.wall_s) / med("a", lambda s: s.wall_s)
+    work_ratio = med("d", lambda s: s.report["work_s"]) / med("a", lambda s: s.report["work_s"])
+    stages_rss = med("d", lambda s: s.peak_mib)
+    merge_ratio = med("c", lambda s: s.peak_mib) / fused_mib
+    print("\ntargets:")
+    for name, value, target, ok in (
+        ("compile-stages wall / load+save floor wall", f"{time_ratio:.2f}x", f"<= {TARGET_TIME_RATIO}x",
+         time_ratio <= TARGET_TIME_RATIO),
+        ("compile-stages peak RSS", f"{stages_rss:.1f} MiB", f"< {TARGET_STAGES_RSS_MIB:.0f} MiB",
+         stages_rss < TARGET_STAGES_RSS_MIB),
+        ("whole-merge peak RSS / fused file size", f"{merge_ratio:.2f}x", f"< {TARGET_MERGE_RSS_RATIO}x",
+         merge_ratio < TARGET_MERGE_RSS_RATIO),
+    ):
+        print(f"  {'PASS' if ok else 'MISS'}  {name:44} {value:>12}   target {target}")
+    print(f"  info  compile-stages work / load+save floor work (imports excluded): {work_ratio:.2f}x")
+
+
+def print_report(paths: Paths, generated: dict, samples: dict[str, list[Sample]], args: argparse.Namespace) -> None:
+    checks = [s.report for s in samples["_checks"]]
+    fused_mib = checks[0]["fused_bytes"] / MIB
+    weights = [b / MIB for b in generated["weight_bytes"]]
+    print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"versions: {_versions()}")
+    print(f"machine: {os.cpu_count()} cores; driver peak RSS {_driver_peak_mib():.1f} MiB")
+    print(f"source weights: A {weights[0]:.1f} MiB, B {weights[1]:.1f} MiB (4 MatMuls, hidden {generated['hidden']})")
+    print(f"fused file: {fused_mib:.1f} MiB (weights inline); repeats: {args.repeat}, medians shown")
+    print(f"(c) and (d) wrote identical bytes: {all(c['same_bytes'] for c in checks)}; "
+          f"(b) output {checks[0]['ort'].get('output_shape')} finite: {all(c['ort'].get('finite') for c in checks)}")
+    merge = measurements(paths)[2]
+    print(f"merge command (run 1): onnxfuse {shlex.join(merge.args(0))}")
+    print_table(paths, samples)
+    print_stages(samples)
+    print_targets(samples, fused_mib)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark `onnxfuse merge` (time, peak RSS) against the onnx-ir load+save and "
+        "onnxruntime floors, on two generated models with external data.",
+    )
+    parser.add_argument("--mb", type=float, default=200.0, help="MiB of float32 weights per source model (default 200)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are shown (default 3)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print its path")
+    args = parser.parse_args(argv)
+    if args.mb <= 0 or args.repeat < 1:
+        parser.error("--mb must be > 0 and --repeat >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global _keep
+    args = parse_args(argv)
+    _keep = args.keep
+    folder = tempfile.mkdtemp(prefix="bench_merge.")
+    paths = Paths(Path(folder))
+    try:
+        print(f"generating 2 x {args.mb:g} MiB sources in {folder} ...", flush=True)
+        generated = run_child("generate", [str(paths.sources[0].parent), str(args.mb)], paths.result("generate", 0))
+        generated_report = generated.report
+        samples = run_all(paths, args.repeat)
+        print_report(paths, generated_report, samples, args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            print(f"\nkept: {folder}")
+        else:
+            _remove_tree(Path(folder))
+    return 0
+
+
+def _remove_tree(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
+        child_main(sys.argv[2:])
+    else:
+        sys.exit(main())

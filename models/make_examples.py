@@ -1,0 +1,47 @@
+"""Build the example in models/ deterministically: two skl2onnx models and the joint training rows.
+
+Model A (random forest, default ZipMap output) was trained on columns a, b only;
+model B (scaler + logistic regression, another family) on c, d only. The label in
+train.csv depends on all four columns, with an a*c interaction neither model sees.
+
+    python models/make_examples.py        # rewrites models/a.onnx, b.onnx, train.csv
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from skl2onnx import to_onnx
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+HERE = Path(__file__).resolve().parent
+ROWS = 4000
+SEED = 7
+
+
+def make_rows(rows: int = ROWS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Four features and a binary label whose logit includes an a*c interaction."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4)).astype(np.float32)
+    a, b, c, d = x.T
+    logit = 1.2 * a - 0.8 * b + 1.0 * c + 0.6 * d + 1.5 * a * c
+    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    return np.round(x, 4), y
+
+
+def main() -> None:
+    x, y = make_rows()
+    model_a = RandomForestClassifier(n_estimators=12, max_depth=6, random_state=SEED).fit(x[:, :2], y)
+    model_b = make_pipeline(StandardScaler(), LogisticRegression()).fit(x[:, 2:], y)
+    (HERE / "a.onnx").write_bytes(to_onnx(model_a, x[:1, :2], target_opset=18).SerializeToString())
+    (HERE / "b.onnx").write_bytes(to_onnx(model_b, x[:1, 2:], target_opset=13).SerializeToString())
+    lines = ["a,b,c,d,y"] + [",".join(f"{v:.4f}" for v in row) + f",{label}" for row, label in zip(x, y)]
+    (HERE / "train.csv").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Shared fixtures: real models from real exporters, fitted once per session, and helpers to run them."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner, Result
+from onnx.reference import ReferenceEvaluator
+
+from onnxfuse.cli import cli
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=UserWarning)
+
+COLUMNS = ("a", "b", "c", "d", "e")
+
+
+def make_rows(count: int = 1500, seed: int = 0) -> dict[str, np.ndarray]:
+    """Five float columns and three labels: binary int, 3-class int and string."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(count, len(COLUMNS))).astype(np.float32)
+    a, b, c, d, e = x.T
+    logit = a - b + c + 0.5 * d + a * c
+    return {
+        "x": x,
+        "y": (logit > 0).astype(np.int64),
+        "y3": np.digitize(logit, [-1.0, 1.0]).astype(np.int64),
+        "ys": np.array(["low", "mid", "high"], dtype=object)[np.digitize(a + e, [-0.7, 0.7])],
+        "yr": (2 * a - c + 0.3 * e + 0.1 * rng.normal(size=count)).astype(np.float32),
+    }
+
+
+@pytest.fixture(scope="session")
+def rows() -> dict[str, np.ndarray]:
+    return make_rows()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+def columns_of(names: Sequence[str]) -> list[int]:
+    return [COLUMNS.index(n) for n in names]
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def write_csv(path: Path, data: dict[str, np.ndarray], label: str = "y") -> Path:
+    x, y = data["x"], data[label]
+    lines = [",".join((*COLUMNS, "y"))]
+    lines += [",".join(f"{v:.6f}" for v in row) + f",{t}" for row, t in zip(x, y)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_cli(*args: object) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def ort_outputs(path: Path | onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, object]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    target = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
+    session = ort.InferenceSession(target, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def reference_outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ReferenceEvaluator(model).run(None, feeds)))
+
+
+def as_matrix(value: object, classes: Sequence | None = None) -> np.ndarray:
+    """A source output as an array: ZipMap's list of dicts becomes `[N, C]` in class order."""
+    if isinstance(value, list):
+        keys = list(classes) if classes is not None else sorted(value[0])
+        return np.array([[row[k] for k in keys] for row in value], dtype=np.float32)
+    return np.asarray(value)
+
+
+def assert_runtimes_agree(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, object]:
+    """The fused file gives the same outputs in onnxruntime and the reference evaluator."""
+    fused = ort_outputs(path, feeds)
+    reference = reference_outputs(path, feeds)
+    assert fused.keys() == reference.keys()
+    for name, value in fused.items():
+        expected = np.asarray(value)
+        if expected.dtype.kind == "f":
+            np.testing.assert_allclose(np.asarray(reference[name]), expected, rtol=1e-4, atol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(np.asarray(reference[name]).reshape(expected.shape), expected, err_msg=name)
+    return fused
+
+
+def assert_checker_and_portable(path: Path) -> onnx.ModelProto:
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    domains = [o.domain for o in model.opset_import]
+    assert sorted(domains) == sorted(set(domains)), "one opset import per domain"
+    assert set(domains) <= {"", "ai.onnx.ml"}
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx.ml"}
+    assert not model.functions
+    return model

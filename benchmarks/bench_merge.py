@@ -35,6 +35,7 @@ child's ru_maxrss starts from the RSS of the process that spawned it, so the dri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -90,6 +91,16 @@ class Paths:
     root: Path
 
     @property
+    def workdir(self) -> Path:
+        """Where the measured children run: the sources' folder (every path given to them is absolute).
+
+        onnxfuse's load stage checks each source with `onnx.checker.check_model(proto)`, which looks
+        for external data relative to the current directory; run elsewhere, every source with
+        external data is refused ("should be stored in a.data, but it is not regular file").
+        """
+        return self.root / "src"
+
+    @property
     def sources(self) -> tuple[Path, Path]:
         return (self.root / "src" / "a.onnx", self.root / "src" / "b.onnx")
 
@@ -138,13 +149,11 @@ class _Clock:
 
 def child_generate(out_dir: str, mb: str) -> dict:
     """Write a.onnx/a.data and b.onnx/b.data: two seeded MLP regressors of `mb` MiB each."""
-    import numpy as np  # noqa: F401 - imported here so the driver stays small
-
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     hidden = max(8, round((float(mb) * MIB / 8) ** 0.5))
     sizes = []
-    for name, seed in zip(("a", "b"), SEEDS):
+    for name, seed in zip(("a", "b"), SEEDS, strict=True):
         sizes.append(_write_mlp(folder / f"{name}.onnx", hidden=hidden, seed=seed))
     return {"hidden": hidden, "weight_bytes": sizes}
 
@@ -218,7 +227,7 @@ def child_floor_save(a: str, b: str, out_dir: str) -> dict:
     clock.mark("ir.load x2")
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    for model, name in zip(models, ("a", "b")):
+    for model, name in zip(models, ("a", "b"), strict=True):
         ir.save(model, folder / f"{name}.onnx", external_data=f"{name}.data")
         clock.mark(f"ir.save {name}")
     return clock.report()
@@ -273,7 +282,7 @@ def child_stages(a: str, b: str, out: str) -> dict:
 
     clock = _Clock()
     output = Path(out)
-    specs = [ModelSpec(path=Path(p), features=tuple(f.split(","))) for p, f in zip((a, b), FEATURES)]
+    specs = [ModelSpec(path=Path(p), features=tuple(f.split(","))) for p, f in zip((a, b), FEATURES, strict=True)]
     inputs = [s.path for s in specs]
     check_output(output, inputs)
     sources = tuple(load_model(spec, index) for index, spec in enumerate(specs, start=1))
@@ -324,15 +333,15 @@ def child_main(argv: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_child(mode: str, args: Sequence[str], result: Path) -> Sample:
-    """Run one child; its own peak RSS comes from `os.wait4`. Raise BenchError if it fails."""
+def run_child(mode: str, args: Sequence[str], result: Path, *, cwd: Path) -> Sample:
+    """Run one child in `cwd`; its own peak RSS comes from `os.wait4`. Raise BenchError if it fails."""
     result.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), CHILD, mode, str(result), *args]
     env = {**os.environ, "ONNXFUSE_DEBUG": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     log = result.with_suffix(".log")
     with open(log, "wb") as handle:
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -359,34 +368,36 @@ def measurements(paths: Paths) -> list[Measurement]:
     ]
 
 
-def run_all(paths: Paths, repeat: int) -> dict[str, list[Sample]]:
-    """Every measurement `repeat` times, interleaved; the outputs of each run are deleted after it."""
+def run_all(paths: Paths, repeat: int, *, keep: bool) -> tuple[dict[str, list[Sample]], list[dict]]:
+    """Every measurement `repeat` times, interleaved; outputs are deleted after each run (not the last with keep)."""
     samples: dict[str, list[Sample]] = {}
+    checks = []
     for run in range(repeat):
         for measurement in measurements(paths):
             if measurement.key in ("c", "d"):
                 paths.fused(measurement.key, run).parent.mkdir(parents=True, exist_ok=True)
-            sample = run_child(measurement.mode, measurement.args(run), paths.result(measurement.key, run))
+            result = paths.result(measurement.key, run)
+            sample = run_child(measurement.mode, measurement.args(run), result, cwd=paths.workdir)
             samples.setdefault(measurement.key, []).append(sample)
-            print(f"  run {run + 1}/{repeat} {measurement.key:>8}: {sample.wall_s:7.2f} s {sample.peak_mib:8.1f} MiB",
-                  flush=True)
-        _check_outputs(paths, run, samples)
-        if run < repeat - 1 or not _keep:
+            print(
+                f"  run {run + 1}/{repeat} {measurement.key:>8}: {sample.wall_s:7.2f} s {sample.peak_mib:8.1f} MiB",
+                flush=True,
+            )
+        checks.append(check_outputs(paths, run, samples["b"][-1]))
+        if run < repeat - 1 or not keep:
             _remove_outputs(paths, run)
-    return samples
+    return samples, checks
 
 
-_keep = False
-
-
-def _check_outputs(paths: Paths, run: int, samples: dict[str, list[Sample]]) -> None:
+def check_outputs(paths: Paths, run: int, ort: Sample) -> dict:
     """The whole merge and the compile stages must write the same bytes; the run must be finite."""
-    same = _sha256(paths.fused("c", run)) == _sha256(paths.fused("d", run))
-    sizes = (paths.fused("c", run).stat().st_size, paths.fused("d", run).stat().st_size)
-    samples.setdefault("_checks", []).append(
-        Sample(0.0, 0.0, {"same_bytes": same, "fused_bytes": sizes[0], "stages_bytes": sizes[1],
-                          "ort": samples["b"][-1].report})
-    )
+    merged, staged = paths.fused("c", run), paths.fused("d", run)
+    return {
+        "same_bytes": _sha256(merged) == _sha256(staged),
+        "fused_bytes": merged.stat().st_size,
+        "output_shape": ort.report.get("output_shape"),
+        "finite": ort.report.get("finite"),
+    }
 
 
 def _remove_outputs(paths: Paths, run: int) -> None:
@@ -430,7 +441,9 @@ def _median(samples: Sequence[Sample], value: Callable[[Sample], float]) -> floa
 
 def print_table(paths: Paths, samples: dict[str, list[Sample]]) -> None:
     baseline = _median(samples["baseline"], lambda s: s.peak_mib)
-    print(f"\n{'measurement':44} {'wall s':>8} {'work s':>8} {'peak RSS MiB':>13} {'- baseline':>11}  runs (wall s / MiB)")
+    print(
+        f"\n{'measurement':44} {'wall s':>8} {'work s':>8} {'peak RSS MiB':>13} {'- baseline':>11}  runs (wall s / MiB)"
+    )
     for m in measurements(paths):
         rows = samples[m.key]
         wall = _median(rows, lambda s: s.wall_s)
@@ -448,8 +461,10 @@ def print_stages(samples: dict[str, list[Sample]]) -> None:
         print(f"\n{title}, median run, after each stage (MiB):")
         print(f"  {'stage':20} {'s':>7} {'VmHWM':>8} {'VmRSS':>8} {'RssAnon':>8} {'RssFile':>8}")
         for row in stages:
-            print(f"  {row['stage']:20} {row['s']:7.2f} {row.get('VmHWM', 0):8.1f} {row.get('VmRSS', 0):8.1f} "
-                  f"{row.get('RssAnon', 0):8.1f} {row.get('RssFile', 0):8.1f}")
+            print(
+                f"  {row['stage']:20} {row['s']:7.2f} {row.get('VmHWM', 0):8.1f} {row.get('VmRSS', 0):8.1f} "
+                f"{row.get('RssAnon', 0):8.1f} {row.get('RssFile', 0):8.1f}"
+            )
 
 
 def print_targets(samples: dict[str, list[Sample]], fused_mib: float) -> None:
@@ -462,19 +477,32 @@ def print_targets(samples: dict[str, list[Sample]], fused_mib: float) -> None:
     merge_ratio = med("c", lambda s: s.peak_mib) / fused_mib
     print("\ntargets:")
     for name, value, target, ok in (
-        ("compile-stages wall / load+save floor wall", f"{time_ratio:.2f}x", f"<= {TARGET_TIME_RATIO}x",
-         time_ratio <= TARGET_TIME_RATIO),
-        ("compile-stages peak RSS", f"{stages_rss:.1f} MiB", f"< {TARGET_STAGES_RSS_MIB:.0f} MiB",
-         stages_rss < TARGET_STAGES_RSS_MIB),
-        ("whole-merge peak RSS / fused file size", f"{merge_ratio:.2f}x", f"< {TARGET_MERGE_RSS_RATIO}x",
-         merge_ratio < TARGET_MERGE_RSS_RATIO),
+        (
+            "compile-stages wall / load+save floor wall",
+            f"{time_ratio:.2f}x",
+            f"<= {TARGET_TIME_RATIO}x",
+            time_ratio <= TARGET_TIME_RATIO,
+        ),
+        (
+            "compile-stages peak RSS",
+            f"{stages_rss:.1f} MiB",
+            f"< {TARGET_STAGES_RSS_MIB:.0f} MiB",
+            stages_rss < TARGET_STAGES_RSS_MIB,
+        ),
+        (
+            "whole-merge peak RSS / fused file size",
+            f"{merge_ratio:.2f}x",
+            f"< {TARGET_MERGE_RSS_RATIO}x",
+            merge_ratio < TARGET_MERGE_RSS_RATIO,
+        ),
     ):
         print(f"  {'PASS' if ok else 'MISS'}  {name:44} {value:>12}   target {target}")
     print(f"  info  compile-stages work / load+save floor work (imports excluded): {work_ratio:.2f}x")
 
 
-def print_report(paths: Paths, generated: dict, samples: dict[str, list[Sample]], args: argparse.Namespace) -> None:
-    checks = [s.report for s in samples["_checks"]]
+def print_report(
+    paths: Paths, generated: dict, samples: dict[str, list[Sample]], checks: list[dict], args: argparse.Namespace
+) -> None:
     fused_mib = checks[0]["fused_bytes"] / MIB
     weights = [b / MIB for b in generated["weight_bytes"]]
     print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
@@ -482,8 +510,10 @@ def print_report(paths: Paths, generated: dict, samples: dict[str, list[Sample]]
     print(f"machine: {os.cpu_count()} cores; driver peak RSS {_driver_peak_mib():.1f} MiB")
     print(f"source weights: A {weights[0]:.1f} MiB, B {weights[1]:.1f} MiB (4 MatMuls, hidden {generated['hidden']})")
     print(f"fused file: {fused_mib:.1f} MiB (weights inline); repeats: {args.repeat}, medians shown")
-    print(f"(c) and (d) wrote identical bytes: {all(c['same_bytes'] for c in checks)}; "
-          f"(b) output {checks[0]['ort'].get('output_shape')} finite: {all(c['ort'].get('finite') for c in checks)}")
+    print(
+        f"(c) and (d) wrote identical bytes: {all(c['same_bytes'] for c in checks)}; "
+        f"(b) output {checks[0]['output_shape']} finite: {all(c['finite'] for c in checks)}"
+    )
     merge = measurements(paths)[2]
     print(f"merge command (run 1): onnxfuse {shlex.join(merge.args(0))}")
     print_table(paths, samples)
@@ -506,32 +536,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global _keep
     args = parse_args(argv)
-    _keep = args.keep
-    folder = tempfile.mkdtemp(prefix="bench_merge.")
-    paths = Paths(Path(folder))
-    try:
-        print(f"generating 2 x {args.mb:g} MiB sources in {folder} ...", flush=True)
-        generated = run_child("generate", [str(paths.sources[0].parent), str(args.mb)], paths.result("generate", 0))
-        generated_report = generated.report
-        samples = run_all(paths, args.repeat)
-        print_report(paths, generated_report, samples, args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep:
-            print(f"\nkept: {folder}")
-        else:
-            _remove_tree(Path(folder))
+    folder_context = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="bench_merge."))
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="bench_merge.")
+    )
+    with folder_context as folder:
+        paths = Paths(Path(folder))
+        try:
+            print(f"generating 2 x {args.mb:g} MiB sources in {folder} ...", flush=True)
+            generated = run_child(
+                "generate", [str(paths.sources[0].parent), str(args.mb)], paths.result("generate", 0), cwd=paths.root
+            )
+            samples, checks = run_all(paths, args.repeat, keep=args.keep)
+            print_report(paths, generated.report, samples, checks, args)
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if args.keep:
+                print(f"\nkept: {folder}")
     return 0
-
-
-def _remove_tree(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 
 import onnx
+import onnx.inliner
 from onnx import helper, version_converter
 
 from onnxfuse.errors import OnnxfuseError
@@ -222,10 +223,13 @@ def _ml_incompatibility(node: onnx.NodeProto, source: int, target: int) -> str |
 
 
 def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.ModelProto:
+    """onnx.version_converter; it drops local functions, so those are inlined first."""
     source = _opset(proto, "")
     if source is None or source == target:
         return proto
     try:
+        if proto.functions:
+            proto = onnx.inliner.inline_local_functions(proto)
         return version_converter.convert_version(proto, target)
     except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
         reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass
 
@@ -45,7 +46,7 @@ def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versio
     shared = {v.name: v for v in fused.inputs}
     outputs = []
     for index, (normalized, bindings) in enumerate(zip(models, binding.models), start=1):
-        source = ir.serde.deserialize_model(normalized.proto)
+        source = ir.serde.deserialize_model(_copy(normalized.proto))
         ir.external_data.set_base_dir(source.graph, str(normalized.source.path.resolve().parent))
         prefix = f"m{index}/"
         _prefix_names(source, prefix)
@@ -59,6 +60,13 @@ def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versio
             del fused.opset_imports[domain]
     model.opset_imports.update(fused.opset_imports)
     return Spliced(model=model, outputs=tuple(outputs))
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx-ir wraps the proto's tensors in place (a rename writes through), so splice a copy."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def _prefix_names(model: ir.Model, prefix: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -27,6 +28,10 @@ dense (float[N, 4] X) => (float[N, 16] Y) {
     Y = MatMul(X, dense_weights)
 }
 """
+# What an external-data refusal must say, loosely (regexes, case-insensitive).
+MISSING = r"no such file|missing|not found|does not exist"
+TOO_SHORT = r"truncated|too short|shorter|bytes"
+ESCAPES = r"leaves|outside|escapes"
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +55,7 @@ def dense_model() -> onnx.ModelProto:
     return model
 
 
-def save_with_external_reference(
-    folder: Path, location: str, *, offset: int = 0, length: int | None = None
-) -> Path:
+def save_with_external_reference(folder: Path, location: str, *, offset: int = 0, length: int | None = None) -> Path:
     """Write `dense.onnx` whose weight points at `location` (the data file is the caller's business)."""
     model = dense_model()
     tensor = model.graph.initializer[0]
@@ -73,14 +76,26 @@ def load(path: Path):
     return load_model(ModelSpec(path), 1)
 
 
-def assert_refused(path: Path, *names: str) -> str:
+def assert_refused(path: Path, *names: str, reason: str | None = None) -> str:
+    """The error names the file and each of `names`; `reason` (a regex) says what is wrong."""
     with pytest.raises(OnnxfuseError) as caught:
         load(path)
     message = str(caught.value)
-    assert path.name in message
+    assert path.name in message, message
     for name in names:
         assert name in message, f"{name!r} not in {message!r}"
+    if reason is not None:
+        assert re.search(reason, message, re.IGNORECASE), f"{reason!r} does not match {message!r}"
     return message
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from a folder that is not the model's, as a user of the CLI does."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
 
 
 def test_load_model_returns_proto_and_sha256_when_skl2onnx_model(skl_path: Path, skl_model: onnx.ModelProto) -> None:
@@ -101,6 +116,7 @@ def test_file_sha256_equals_hashlib_when_file_spans_several_chunks(tmp_path: Pat
     assert file_sha256(path) == hashlib.sha256(payload).hexdigest()
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_keeps_weights_external_when_saved_with_external_data(tmp_path: Path) -> None:
     path = tmp_path / "dense.onnx"
     onnx.save(dense_model(), str(path), save_as_external_data=True, location="dense.data", size_threshold=0)
@@ -115,6 +131,7 @@ def test_load_model_keeps_weights_external_when_saved_with_external_data(tmp_pat
     assert source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_accepts_external_data_when_in_a_subfolder(tmp_path: Path) -> None:
     path = save_with_external_reference(tmp_path, "weights/dense.data")
     (tmp_path / "weights").mkdir()
@@ -179,46 +196,52 @@ def test_load_model_raises_when_ir_version_is_newer_than_onnx_knows(tmp_path: Pa
     assert_refused(path, "IR version", str(onnx.IR_VERSION + 1))
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_raises_when_external_data_is_missing(tmp_path: Path) -> None:
     path = save_with_external_reference(tmp_path, "dense.data")
 
-    assert_refused(path, WEIGHTS, "dense.data")
+    assert_refused(path, WEIGHTS, "dense.data", reason=MISSING)
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_raises_when_external_data_is_shorter_than_offset_plus_length(tmp_path: Path) -> None:
     path = save_with_external_reference(tmp_path, "dense.data")
     (tmp_path / "dense.data").write_bytes(weight_bytes()[:100])
 
-    assert_refused(path, WEIGHTS, "dense.data")
+    assert_refused(path, WEIGHTS, "dense.data", reason=TOO_SHORT)
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_raises_when_external_data_offset_runs_past_the_end(tmp_path: Path) -> None:
     path = save_with_external_reference(tmp_path, "dense.data", offset=64)
     (tmp_path / "dense.data").write_bytes(weight_bytes())
 
-    assert_refused(path, WEIGHTS, "dense.data")
+    assert_refused(path, WEIGHTS, "dense.data", reason=TOO_SHORT)
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_raises_when_external_data_leaves_the_folder_with_dotdot(tmp_path: Path) -> None:
     (tmp_path / "x.data").write_bytes(weight_bytes())
     path = save_with_external_reference(tmp_path / "model", "../x.data")
 
-    assert_refused(path, WEIGHTS, "../x.data")
+    assert_refused(path, WEIGHTS, "../x.data", reason=ESCAPES)
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_raises_when_external_data_path_is_absolute(tmp_path: Path) -> None:
     outside = tmp_path / "x.data"
     outside.write_bytes(weight_bytes())
     path = save_with_external_reference(tmp_path / "model", str(outside))
 
-    assert_refused(path, WEIGHTS, str(outside))
+    assert_refused(path, WEIGHTS, str(outside), reason=r"absolute")
 
 
+@pytest.mark.usefixtures("elsewhere")
 def test_load_model_raises_when_external_data_is_a_symlink_out_of_the_folder(tmp_path: Path) -> None:
-    outside = tmp_path / "elsewhere" / "x.data"
+    outside = tmp_path / "outside" / "x.data"
     outside.parent.mkdir()
     outside.write_bytes(weight_bytes())
     path = save_with_external_reference(tmp_path / "model", "link.data")
     (tmp_path / "model" / "link.data").symlink_to(outside)
 
-    assert_refused(path, WEIGHTS, "link.data")
+    assert_refused(path, WEIGHTS, "link.data", reason=ESCAPES)

@@ -89,10 +89,11 @@ def emit(staged: Path, out: Path) -> None:
             os.fsync(handle.fileno())
         os.replace(packed, out)
         return
-    data = data_name(out)
-    _fsync(folder / data)
+    data = folder / data_name(out)
+    if _external_tensors(proto):
+        _fsync(data)
+        os.replace(data, out.parent / data.name)
     _fsync(staged)
-    os.replace(folder / data, out.parent / data)
     os.replace(staged, out)
 
 

@@ -51,7 +51,7 @@ def load_model(spec: ModelSpec, index: int) -> SourceModel:
     """
     label = f"model {index} ({spec.path})"
     proto = _read_proto(spec.path, label)
-    _check_structure(proto, label)
+    _check_structure(proto, spec.path, label)
     _check_external_data(proto, spec.path, label)
     return SourceModel(index=index, spec=spec, sha256=file_sha256(spec.path), proto=proto)
 
@@ -83,7 +83,7 @@ def _read_proto(path: Path, label: str) -> onnx.ModelProto:
         raise OnnxfuseError(f"{label}: not a readable ONNX model ({_first_line(exc)})") from exc
 
 
-def _check_structure(proto: onnx.ModelProto, label: str) -> None:
+def _check_structure(proto: onnx.ModelProto, path: Path, label: str) -> None:
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
         raise OnnxfuseError(f"{label}: not an ONNX model (no IR version, graph or outputs); truncated?")
     if proto.ir_version > onnx.IR_VERSION:
@@ -92,7 +92,7 @@ def _check_structure(proto: onnx.ModelProto, label: str) -> None:
             f"{onnx.__version__} knows ({onnx.IR_VERSION})"
         )
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(str(path))  # by path, so external data resolves beside the model
     except (onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
         raise OnnxfuseError(f"{label}: invalid ONNX model: {_first_line(exc)}") from exc
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import onnx
 import onnx.inliner
-from onnx import helper, version_converter
+from onnx import helper, numpy_helper, version_converter
 
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.load import SourceModel
@@ -46,7 +47,7 @@ def normalize(
     """Normalize every source to shared versions.
 
     Rules: ZipMap outputs become the float `[N, C]` tensor they wrap (class list
-    kept); sparse initializers become Constant nodes (onnx-ir cannot hold them);
+    kept); sparse initializers are stored dense (onnx-ir cannot hold them);
     ai.onnx is converted with onnx.version_converter to max(21, highest source) or
     `target_opset`; ai.onnx.ml is raised to max(3, highest source) only where each
     ML op's schema accepts the node unchanged; one opset import per domain; IR =
@@ -120,7 +121,7 @@ def iter_model_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
     proto = onnx.ModelProto()
     proto.CopyFrom(source.proto)
-    _sparse_to_constants(proto.graph)
+    _densify_sparse_initializers(proto.graph)
     classes = _strip_zipmap(proto, source.label)
     _check_ml_ops(proto, source.label, versions.ml_opset)
     proto = _convert_opset(proto, source.label, versions.opset)
@@ -154,16 +155,16 @@ def _check_domains(source: SourceModel) -> None:
         raise OnnxfuseError(f"{source.label}: uses ai.onnx ops but imports no ai.onnx opset")
 
 
-def _sparse_to_constants(graph: onnx.GraphProto) -> None:
-    constants = [
-        helper.make_node("Constant", [], [sparse.values.name], sparse_value=sparse)
-        for sparse in graph.sparse_initializer
-    ]
-    if constants:
-        nodes = constants + list(graph.node)
-        del graph.sparse_initializer[:]
-        del graph.node[:]
-        graph.node.extend(nodes)
+def _densify_sparse_initializers(graph: onnx.GraphProto) -> None:
+    """onnx-ir and onnx.version_converter cannot hold sparse tensors: store them dense."""
+    for sparse in graph.sparse_initializer:
+        values = numpy_helper.to_array(sparse.values)
+        indices = numpy_helper.to_array(sparse.indices)
+        dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+        flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), tuple(sparse.dims))
+        dense[flat] = values
+        graph.initializer.append(numpy_helper.from_array(dense.reshape(tuple(sparse.dims)), sparse.values.name))
+    del graph.sparse_initializer[:]
 
 
 def _strip_zipmap(proto: onnx.ModelProto, label: str) -> dict[str, tuple]:
@@ -231,7 +232,7 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.Mode
         if proto.functions:
             proto = onnx.inliner.inline_local_functions(proto)
         return version_converter.convert_version(proto, target)
-    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+    except (RuntimeError, ValueError, onnx.checker.ValidationError, version_converter.ConvertError) as exc:
         reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
         raise OnnxfuseError(
             f"{label}: cannot convert ai.onnx opset {source} to {target}: {reason}"

@@ -1,0 +1,136 @@
+"""normalize: ZipMap cut to plain tensors, one opset per domain, safe ML upgrades, relaxed batch dims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightgbm
+import numpy as np
+import onnx
+import onnxmltools
+import pytest
+from onnx import helper
+from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
+from skl2onnx import to_onnx
+from sklearn.ensemble import RandomForestClassifier
+
+from onnxfuse.errors import OnnxfuseError
+from onnxfuse.load import load_model
+from onnxfuse.normalize import decide_versions, normalize
+from onnxfuse.outputs import output_role
+from onnxfuse.spec import ModelSpec
+from tests.conftest import ort_outputs, save
+
+
+def load(path: Path, index: int = 1):
+    return load_model(ModelSpec(path), index)
+
+
+@pytest.fixture(scope="module")
+def forest(rows):
+    x, y = rows["x"], rows["y3"]
+    return RandomForestClassifier(n_estimators=4, max_depth=4, random_state=0).fit(x[:, :3], y), x[:, :3]
+
+
+def test_normalize_strips_zipmap_bit_identical_to_a_plain_export(forest, tmp_path):
+    model, x = forest
+    zipmap = save(to_onnx(model, x[:1]), tmp_path / "zipmap.onnx")
+    plain = save(to_onnx(model, x[:1], options={"zipmap": False}), tmp_path / "plain.onnx")
+    (normalized,), _ = normalize([load(zipmap)])
+    assert normalized.zipmap_classes == {"output_probability": (0, 1, 2)}
+    assert all(o.type.HasField("tensor_type") for o in normalized.proto.graph.output)
+    assert not any(n.op_type == "ZipMap" for n in normalized.proto.graph.node)
+    stripped = ort_outputs(normalized.proto, {"X": x[:300]})["output_probability"]
+    expected = ort_outputs(plain, {"X": x[:300]})["probabilities"]
+    np.testing.assert_array_equal(stripped, expected)
+    role = output_role(normalized)
+    assert (role.task, role.label, role.probabilities, role.classes) == (
+        "classification", "output_label", "output_probability", (0, 1, 2),
+    )
+
+
+def test_normalize_writes_one_opset_import_per_domain_when_the_exporter_repeats_them(forest, tmp_path):
+    model, x = forest
+    proto = to_onnx(model, x[:1], options={"zipmap": False}, target_opset=18)
+    domains = [o.domain for o in proto.opset_import]
+    assert len(domains) > len(set(domains)), "skl2onnx is expected to repeat ai.onnx here"
+    (normalized,), versions = normalize([load(save(proto, tmp_path / "m.onnx"))])
+    assert [(o.domain, o.version) for o in normalized.proto.opset_import] == [("", 21), ("ai.onnx.ml", 3)]
+    assert normalized.proto.ir_version == versions.ir_version == 10
+    onnx.checker.check_model(normalized.proto, full_check=True)
+
+
+def test_normalize_relaxes_lightgbm_static_label_shape(rows, tmp_path):
+    x, y = rows["x"], rows["y"]
+    booster = lightgbm.LGBMClassifier(n_estimators=3, verbose=-1).fit(x[:, :2], y)
+    proto = onnxmltools.convert_lightgbm(booster, initial_types=[("input", MLFloat([None, 2]))])
+    assert proto.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 1
+    (normalized,), _ = normalize([load(save(proto, tmp_path / "lgbm.onnx"))])
+    label = normalized.proto.graph.output[0].type.tensor_type.shape.dim[0]
+    assert label.dim_param == "N" and not label.HasField("dim_value")
+    assert (normalized.proto.ir_version, normalized.proto.opset_import[0].version) == (10, 21)
+
+
+def label_encoder_model(ml_opset: int) -> onnx.ModelProto:
+    node = helper.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", classes_strings=["a", "b"], default_int64=-1)
+    graph = helper.make_graph(
+        [node], "enc", [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, ["N"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", ml_opset)], ir_version=8)
+
+
+def test_normalize_refuses_an_ml_op_whose_meaning_changes(tmp_path):
+    path = save(label_encoder_model(1), tmp_path / "encoder.onnx")
+    with pytest.raises(OnnxfuseError, match=r"model 1 \(encoder.onnx\).*LabelEncoder.*ai.onnx.ml 1 to 3"):
+        normalize([load(path)])
+
+
+def test_decide_versions_follows_target_opset_and_refuses_ir_above_the_limit(forest, tmp_path):
+    model, x = forest
+    source = load(save(to_onnx(model, x[:1], target_opset=15), tmp_path / "m.onnx"))
+    assert decide_versions([source]).opset == 21
+    assert decide_versions([source], target_opset=17).ir_version == 8
+    with pytest.raises(OnnxfuseError, match="--max-ir-version 9.*IR version 10"):
+        decide_versions([source], max_ir_version=9)
+    with pytest.raises(OnnxfuseError, match="--target-opset 99"):
+        decide_versions([source], target_opset=99)
+
+
+def test_normalize_converts_down_to_a_lower_target_opset(forest, tmp_path):
+    model, x = forest
+    path = save(to_onnx(model, x[:1], options={"zipmap": False}, target_opset=18), tmp_path / "m.onnx")
+    (normalized,), versions = normalize([load(path)], target_opset=15)
+    assert (versions.opset, versions.ir_version) == (15, 8)
+    np.testing.assert_array_equal(
+        ort_outputs(normalized.proto, {"X": x[:100]})["probabilities"], ort_outputs(path, {"X": x[:100]})["probabilities"]
+    )
+
+
+def test_normalize_refuses_ops_from_other_domains(tmp_path):
+    node = helper.make_node("FusedGemm", ["x", "x"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+    with pytest.raises(OnnxfuseError, match="com.microsoft:FusedGemm"):
+        normalize([load(save(proto, tmp_path / "ms.onnx"))])
+
+
+def test_normalize_turns_sparse_initializers_into_constants(tmp_path):
+    values = helper.make_tensor("W", onnx.TensorProto.FLOAT, [2], [2.0, 3.0])
+    indices = helper.make_tensor("W_indices", onnx.TensorProto.INT64, [2], [0, 3])
+    sparse = helper.make_sparse_tensor(values, indices, [2, 2])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
+        sparse_initializer=[sparse],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = save(proto, tmp_path / "sparse.onnx")
+    (normalized,), _ = normalize([load(path)])
+    assert not normalized.proto.graph.sparse_initializer
+    x = np.array([[1.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(ort_outputs(normalized.proto, {"x": x})["y"], [[2.0, 3.0]])

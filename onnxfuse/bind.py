@@ -40,9 +40,7 @@ class Binding:
         return self.features.index(column)
 
 
-def bind(
-    models: Sequence[NormalizedModel], *, data_columns: Sequence[str] | None = None
-) -> Binding:
+def bind(models: Sequence[NormalizedModel], *, data_columns: Sequence[str] | None = None) -> Binding:
     """Bind every model input.
 
     Rules: a model with `features` takes them in order across its numeric rank-1/2
@@ -70,6 +68,12 @@ def graph_inputs(model: NormalizedModel) -> list[onnx.ValueInfoProto]:
 def _bind_model(model: NormalizedModel, data_columns: Sequence[str] | None) -> tuple[InputBinding, ...]:
     inputs = graph_inputs(model)
     label = model.source.label
+    for value in inputs:
+        if not value.type.HasField("tensor_type"):
+            kind = value.type.WhichOneof("value") or "unknown"
+            raise OnnxfuseError(
+                f"{label}: input '{value.name}' is a {kind.removesuffix('_type')}, not a tensor; only tensor inputs can be fused"
+            )
     wanted = model.source.spec.features
     column_inputs = [i for i in inputs if _is_column_input(i)]
     if wanted is not None:
@@ -86,8 +90,7 @@ def _bind_model(model: NormalizedModel, data_columns: Sequence[str] | None) -> t
                 if column not in data_columns:
                     raise OnnxfuseError(f"{label}: input '{name}' needs column '{column}', which the data lacks")
     return tuple(
-        InputBinding(name=i.name, elem_type=_elem(i), rank=_rank(i) or 0, columns=bound.get(i.name))
-        for i in inputs
+        InputBinding(name=i.name, elem_type=_elem(i), rank=_rank(i) or 0, columns=bound.get(i.name)) for i in inputs
     )
 
 
@@ -102,7 +105,9 @@ def _split_columns(
     if widths[-1] is None:
         widths[-1] = len(wanted) - fixed
     if sum(widths) != len(wanted) or widths[-1] < 1:
-        described = ", ".join(f"'{i.name}' takes {w if w is not None else 'any'}" for i, w in zip(inputs, [_width(i) for i in inputs]))
+        described = ", ".join(
+            f"'{i.name}' takes {w if w is not None else 'any'}" for i, w in zip(inputs, [_width(i) for i in inputs])
+        )
         raise OnnxfuseError(
             f"{label}: input {described} column(s) but --features gives {len(wanted)} ({','.join(wanted)})"
         )
@@ -113,17 +118,13 @@ def _split_columns(
     return bound
 
 
-def _columns_by_name(
-    value: onnx.ValueInfoProto, label: str, data_columns: Sequence[str] | None
-) -> tuple[str, ...]:
+def _columns_by_name(value: onnx.ValueInfoProto, label: str, data_columns: Sequence[str] | None) -> tuple[str, ...]:
     width = _width(value)
     if width != 1:
         takes = f"takes {width} columns" if width else "takes any number of columns"
         raise OnnxfuseError(f"{label}: input '{value.name}' {takes}; say which with --features")
     if data_columns is not None and value.name not in data_columns:
-        raise OnnxfuseError(
-            f"{label}: input '{value.name}' is not a column of the data; bind it with --features"
-        )
+        raise OnnxfuseError(f"{label}: input '{value.name}' is not a column of the data; bind it with --features")
     return (value.name,)
 
 

@@ -32,7 +32,7 @@ class _Group(click.Group):
             code = _fail(exc, str(exc), EXIT_USAGE)
         except VerificationError as exc:
             code = _fail(exc, f"verification failed, nothing written: {exc}", EXIT_INTERNAL)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        except Exception as exc:
             code = _fail(exc, f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
         sys.exit(code or EXIT_OK)
 
@@ -69,7 +69,9 @@ def cli() -> None:
 @click.option("--ort", is_flag=True, help="Also write OUT.ort for mobile runtimes.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the hold-out report as JSON.")
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="Read the options from a TOML file.")
-def merge(models: tuple[Path, ...], output: Path | None, features: tuple[str, ...], spec_file: Path | None, **options) -> None:
+def merge(
+    models: tuple[Path, ...], output: Path | None, features: tuple[str, ...], spec_file: Path | None, **options
+) -> None:
     """Merge MODELS into one ONNX file (-o OUT.onnx)."""
     from onnxfuse.pipeline import merge as run_merge
 
@@ -78,7 +80,9 @@ def merge(models: tuple[Path, ...], output: Path | None, features: tuple[str, ..
     if output is None:
         raise OnnxfuseError("missing -o/--output OUT.onnx")
     if features and len(features) != len(models):
-        raise OnnxfuseError(f"--features is given {len(features)} times for {len(models)} models; give it once per model")
+        raise OnnxfuseError(
+            f"--features is given {len(features)} times for {len(models)} models; give it once per model"
+        )
     specs = tuple(
         ModelSpec(path=path, features=_columns(features[i]) if features else None) for i, path in enumerate(models)
     )

@@ -21,7 +21,13 @@ def describe(path: Path) -> dict:
     """
     proto = load_model(ModelSpec(path), 1).proto
     tensors = list(external_data_helper._get_all_tensors(proto))
-    external = sorted({external_data_helper.ExternalDataInfo(t).location for t in tensors if external_data_helper.uses_external_data(t)})
+    external = sorted(
+        {
+            external_data_helper.ExternalDataInfo(t).location
+            for t in tensors
+            if external_data_helper.uses_external_data(t)
+        }
+    )
     ops = Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in iter_model_nodes(proto))
     return {
         "file": str(path),

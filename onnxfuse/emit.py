@@ -60,7 +60,11 @@ def _keep_strings_inline(model: ir.Model) -> None:
     for graph in model.graphs():
         for value in graph.initializers.values():
             tensor = value.const_value
-            if tensor is not None and tensor.dtype == ir.DataType.STRING and not isinstance(tensor, _InlineStringTensor):
+            if (
+                tensor is not None
+                and tensor.dtype == ir.DataType.STRING
+                and not isinstance(tensor, _InlineStringTensor)
+            ):
                 items = [v.encode() if isinstance(v, str) else bytes(v) for v in tensor.numpy().ravel()]
                 strings = np.array(items, dtype=object).reshape(tensor.shape.numpy())
                 value.const_value = _InlineStringTensor(strings, name=tensor.name)
@@ -106,7 +110,9 @@ def check_output(out: Path, inputs: list[Path]) -> None:
         raise OnnxfuseError(f"output {out}: is a folder")
     for path in inputs:
         for candidate in (out, out.parent / data_name(out)):
-            if candidate.resolve() == path.resolve() or (candidate.exists() and path.exists() and candidate.samefile(path)):
+            if candidate.resolve() == path.resolve() or (
+                candidate.exists() and path.exists() and candidate.samefile(path)
+            ):
                 raise OnnxfuseError(f"output {candidate}: is an input file ({path}); choose another -o")
 
 

@@ -65,7 +65,10 @@ def fuse(
 def _common_task(roles: Sequence[OutputRole]) -> str:
     tasks = sorted({role.task for role in roles})
     if len(tasks) != 1:
-        kinds = ", ".join(f"model {i} is a {'classifier' if r.task == 'classification' else 'regressor'}" for i, r in enumerate(roles, 1))
+        kinds = ", ".join(
+            f"model {i} is a {'classifier' if r.task == 'classification' else 'regressor'}"
+            for i, r in enumerate(roles, 1)
+        )
         raise OnnxfuseError(f"cannot fuse classifiers with regressors without a trained head ({kinds})")
     return tasks[0]
 
@@ -81,7 +84,10 @@ def _union_classes(roles: Sequence[OutputRole]) -> Classes:
 def _mean_head(spliced: Spliced, roles: Sequence[OutputRole], classes: Classes | None) -> None:
     graph = spliced.model.graph
     if classes is None:
-        predictions = [_as_vector(graph, outputs[r.prediction or ""], i) for i, (outputs, r) in enumerate(zip(spliced.outputs, roles), 1)]
+        predictions = [
+            _as_vector(graph, outputs[r.prediction or ""], i)
+            for i, (outputs, r) in enumerate(zip(spliced.outputs, roles), 1)
+        ]
         _average(graph, predictions, "prediction", [BATCH_DIM])
         return
     aligned = [
@@ -102,7 +108,9 @@ def _vote_head(spliced: Spliced, roles: Sequence[OutputRole], classes: Classes |
         if role.label is not None:
             label = outputs[role.label]
         else:
-            probabilities = _aligned_probabilities(graph, outputs[role.probabilities or ""], role.classes or (), classes, index)
+            probabilities = _aligned_probabilities(
+                graph, outputs[role.probabilities or ""], role.classes or (), classes, index
+            )
             label = _label_of(graph, probabilities, classes, name=f"{PREFIX}m{index}/label")
         axes = _constant(graph, f"vote/m{index}/axes", np.array([1], dtype=np.int64))
         column = _add(graph, "Unsqueeze", [label, axes], {}, f"vote/m{index}/label_column")

@@ -51,8 +51,9 @@ def load_model(spec: ModelSpec, index: int) -> SourceModel:
     """
     label = f"model {index} ({spec.path})"
     proto = _read_proto(spec.path, label)
-    _check_structure(proto, spec.path, label)
+    _check_structure(proto, label)
     _check_external_data(proto, spec.path, label)
+    _check_model(spec.path, label)
     return SourceModel(index=index, spec=spec, sha256=file_sha256(spec.path), proto=proto)
 
 
@@ -74,16 +75,14 @@ def _read_proto(path: Path, label: str) -> onnx.ModelProto:
     if size == 0:
         raise OnnxfuseError(f"{label}: file is empty, not an ONNX model")
     if size > _PROTOBUF_LIMIT:
-        raise OnnxfuseError(
-            f"{label}: {size} bytes is over protobuf's 2 GB limit; save its weights as external data"
-        )
+        raise OnnxfuseError(f"{label}: {size} bytes is over protobuf's 2 GB limit; save its weights as external data")
     try:
         return onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError, OSError) as exc:
         raise OnnxfuseError(f"{label}: not a readable ONNX model ({_first_line(exc)})") from exc
 
 
-def _check_structure(proto: onnx.ModelProto, path: Path, label: str) -> None:
+def _check_structure(proto: onnx.ModelProto, label: str) -> None:
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
         raise OnnxfuseError(f"{label}: not an ONNX model (no IR version, graph or outputs); truncated?")
     if proto.ir_version > onnx.IR_VERSION:
@@ -91,6 +90,9 @@ def _check_structure(proto: onnx.ModelProto, path: Path, label: str) -> None:
             f"{label}: IR version {proto.ir_version} is newer than the installed onnx "
             f"{onnx.__version__} knows ({onnx.IR_VERSION})"
         )
+
+
+def _check_model(path: Path, label: str) -> None:
     try:
         onnx.checker.check_model(str(path))  # by path, so external data resolves beside the model
     except (onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
@@ -112,9 +114,7 @@ def _check_external_data(proto: onnx.ModelProto, path: Path, label: str) -> None
         if needed is not None and length != needed:
             raise OnnxfuseError(f"{where}: length {length} but the tensor needs {needed} bytes")
         if length is not None and offset + length > size:
-            raise OnnxfuseError(
-                f"{where}: needs bytes {offset}..{offset + length} but the file has {size}; truncated?"
-            )
+            raise OnnxfuseError(f"{where}: needs bytes {offset}..{offset + length} but the file has {size}; truncated?")
 
 
 def _safe_location(folder: Path, location: str, where: str) -> Path:

@@ -84,9 +84,7 @@ def decide_versions(
     if not 1 <= opset <= newest:
         raise OnnxfuseError(f"--target-opset {opset}: the installed onnx supports 1..{newest}")
     ml_opset = max(MIN_ML_OPSET, highest_ml)
-    ir_version = helper.find_min_ir_version_for(
-        [helper.make_opsetid("", opset), helper.make_opsetid(ML, ml_opset)]
-    )
+    ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset), helper.make_opsetid(ML, ml_opset)])
     if max_ir_version is not None and ir_version > max_ir_version:
         raise OnnxfuseError(
             f"--max-ir-version {max_ir_version}: ai.onnx {opset} with ai.onnx.ml {ml_opset} "
@@ -234,9 +232,7 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.Mode
         return version_converter.convert_version(proto, target)
     except (RuntimeError, ValueError, onnx.checker.ValidationError, version_converter.ConvertError) as exc:
         reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-        raise OnnxfuseError(
-            f"{label}: cannot convert ai.onnx opset {source} to {target}: {reason}"
-        ) from exc
+        raise OnnxfuseError(f"{label}: cannot convert ai.onnx opset {source} to {target}: {reason}") from exc
 
 
 def _set_opset_imports(proto: onnx.ModelProto, versions: Versions) -> None:

@@ -49,9 +49,7 @@ def output_role(model: NormalizedModel) -> OutputRole:
     if len(labels) == 1 and len(matrices) == 1:
         classes = trace_classes(model.proto.graph, labels[0])
         if classes is None:
-            raise OnnxfuseError(
-                f"{model.source.label}: cannot tell the class list behind output '{labels[0]}'"
-            )
+            raise OnnxfuseError(f"{model.source.label}: cannot tell the class list behind output '{labels[0]}'")
         return OutputRole("classification", label=labels[0], probabilities=matrices[0], classes=classes)
     vectors = [n for n in floats if _rank(outputs[n]) in (1, None) or _last_dim(outputs[n]) == 1]
     if len(outputs) == 1 and len(vectors) == 1:
@@ -67,7 +65,11 @@ def trace_classes(graph: onnx.GraphProto, name: str) -> Classes | None:
     producers = {out: node for node in graph.node for out in node.output}
     constants = {init.name: init for init in graph.initializer}
     constants.update(
-        {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"}
+        {
+            n.output[0]: n.attribute[0].t
+            for n in graph.node
+            if n.op_type == "Constant" and n.attribute[0].name == "value"
+        }
     )
     for _ in range(len(graph.node)):
         node = producers.get(name)

@@ -42,7 +42,9 @@ def merge(spec: FuseSpec) -> FuseResult:
     models, versions = normalize(sources, target_opset=spec.target_opset, max_ir_version=spec.max_ir_version)
     binding = bind(models, data_columns=column_names(table))
     roles = [output_role(model) for model in models]
-    fused = fuse(splice(models, binding, versions), roles, method=spec.fusion, keep_model_outputs=spec.keep_model_outputs)
+    fused = fuse(
+        splice(models, binding, versions), roles, method=spec.fusion, keep_model_outputs=spec.keep_model_outputs
+    )
     if spec.task != "auto" and spec.task != fused.task:
         raise OnnxfuseError(f"--task {spec.task}: the models are {fused.task} models")
     metadata = fused_metadata(
@@ -73,4 +75,9 @@ def _check_spec(spec: FuseSpec) -> None:
 
 def _describe_source(source: SourceModel) -> dict:
     opsets = {(o.domain or "ai.onnx"): o.version for o in source.proto.opset_import}
-    return {"name": source.name, "file": source.path.name, "sha256": source.sha256, "opset": dict(sorted(opsets.items()))}
+    return {
+        "name": source.name,
+        "file": source.path.name,
+        "sha256": source.sha256,
+        "opset": dict(sorted(opsets.items())),
+    }

@@ -78,7 +78,9 @@ def run_onnxruntime(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np
     return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
 
 
-def run_source(model: NormalizedModel, bindings, binding: Binding, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_source(
+    model: NormalizedModel, bindings, binding: Binding, feeds: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Outputs of the source file alone, fed the same rows the fused model read."""
     source_feeds = {}
     for input_binding in bindings:
@@ -163,4 +165,3 @@ def _compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tol
     elif not np.array_equal(actual.astype(expected.dtype), expected):
         mismatched = int(np.sum(actual.astype(expected.dtype) != expected))
         raise VerificationError(f"{name}: {mismatched} of {expected.size} labels differ ({what})")
-

@@ -37,8 +37,19 @@ def external_sources(tmp_path: Path) -> list[Path]:
 
 
 def merge(sources: list[Path], out: Path):
-    return run_cli("merge", *sources, "--features", "a,b,c", "--features", "c,d,e", "--fusion", "mean",
-                   "--keep-model-outputs", "-o", out)
+    return run_cli(
+        "merge",
+        *sources,
+        "--features",
+        "a,b,c",
+        "--features",
+        "c,d,e",
+        "--fusion",
+        "mean",
+        "--keep-model-outputs",
+        "-o",
+        out,
+    )
 
 
 def expected_prediction(sources: list[Path], x: np.ndarray) -> np.ndarray:
@@ -62,7 +73,10 @@ def test_emit_streams_bytes_that_protobuf_reads_back_equal(external_sources, tmp
     out = tmp_path / "fused.onnx"
     assert merge(external_sources, out).exit_code == 0
     model = onnx.load(str(out))
-    assert model.SerializeToString(deterministic=True) == out.read_bytes() or onnx.load_from_string(out.read_bytes()) == model
+    assert (
+        model.SerializeToString(deterministic=True) == out.read_bytes()
+        or onnx.load_from_string(out.read_bytes()) == model
+    )
     by_name = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     source = onnx.load(str(external_sources[0]))
     np.testing.assert_array_equal(by_name["m1/W1"], numpy_helper.to_array(source.graph.initializer[0]))
@@ -74,11 +88,16 @@ def test_emit_puts_weights_in_out_data_above_the_protobuf_limit(external_sources
     assert merge(external_sources, out).exit_code == 0
     assert (tmp_path / "fused.data").is_file()
     model = onnx.load(str(out), load_external_data=False)
-    locations = {external_data_helper.ExternalDataInfo(t).location for t in model.graph.initializer
-                 if external_data_helper.uses_external_data(t)}
+    locations = {
+        external_data_helper.ExternalDataInfo(t).location
+        for t in model.graph.initializer
+        if external_data_helper.uses_external_data(t)
+    }
     assert locations == {"fused.data"}
     x = np.random.default_rng(1).normal(size=(8, 5)).astype(np.float32)
-    np.testing.assert_allclose(ort_outputs(out, {"features": x})["prediction"], expected_prediction(external_sources, x), rtol=1e-6)
+    np.testing.assert_allclose(
+        ort_outputs(out, {"features": x})["prediction"], expected_prediction(external_sources, x), rtol=1e-6
+    )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

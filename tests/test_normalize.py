@@ -45,7 +45,10 @@ def test_normalize_strips_zipmap_bit_identical_to_a_plain_export(forest, tmp_pat
     np.testing.assert_array_equal(stripped, expected)
     role = output_role(normalized)
     assert (role.task, role.label, role.probabilities, role.classes) == (
-        "classification", "output_label", "output_probability", (0, 1, 2),
+        "classification",
+        "output_label",
+        "output_probability",
+        (0, 1, 2),
     )
 
 
@@ -72,12 +75,18 @@ def test_normalize_relaxes_lightgbm_static_label_shape(rows, tmp_path):
 
 
 def label_encoder_model(ml_opset: int) -> onnx.ModelProto:
-    node = helper.make_node("LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", classes_strings=["a", "b"], default_int64=-1)
+    node = helper.make_node(
+        "LabelEncoder", ["x"], ["y"], domain="ai.onnx.ml", classes_strings=["a", "b"], default_int64=-1
+    )
     graph = helper.make_graph(
-        [node], "enc", [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, ["N"])],
+        [node],
+        "enc",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, ["N"])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, ["N"])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", ml_opset)], ir_version=8)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", ml_opset)], ir_version=8
+    )
 
 
 def test_normalize_refuses_an_ml_op_whose_meaning_changes(tmp_path):
@@ -103,17 +112,22 @@ def test_normalize_converts_down_to_a_lower_target_opset(forest, tmp_path):
     (normalized,), versions = normalize([load(path)], target_opset=15)
     assert (versions.opset, versions.ir_version) == (15, 8)
     np.testing.assert_array_equal(
-        ort_outputs(normalized.proto, {"X": x[:100]})["probabilities"], ort_outputs(path, {"X": x[:100]})["probabilities"]
+        ort_outputs(normalized.proto, {"X": x[:100]})["probabilities"],
+        ort_outputs(path, {"X": x[:100]})["probabilities"],
     )
 
 
 def test_normalize_refuses_ops_from_other_domains(tmp_path):
     node = helper.make_node("FusedGemm", ["x", "x"], ["y"], domain="com.microsoft")
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8
+    )
     with pytest.raises(OnnxfuseError, match="com.microsoft:FusedGemm"):
         normalize([load(save(proto, tmp_path / "ms.onnx"))])
 
@@ -123,7 +137,8 @@ def test_normalize_turns_sparse_initializers_into_constants(tmp_path):
     indices = helper.make_tensor("W_indices", onnx.TensorProto.INT64, [2], [0, 3])
     sparse = helper.make_sparse_tensor(values, indices, [2, 2])
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
         sparse_initializer=[sparse],

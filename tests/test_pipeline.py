@@ -68,7 +68,10 @@ def source_outputs(path: Path, cols: tuple[str, ...], x: np.ndarray) -> dict[str
 
 
 def test_merge_matches_every_source_when_exporters_and_versions_differ(mixed_sources, rows, tmp_path):
-    versions = [(onnx.load(str(p)).ir_version, {o.domain: o.version for o in onnx.load(str(p)).opset_import}) for p, _ in mixed_sources]
+    versions = [
+        (onnx.load(str(p)).ir_version, {o.domain: o.version for o in onnx.load(str(p)).opset_import})
+        for p, _ in mixed_sources
+    ]
     assert len({v[0] for v in versions}) > 1 and any("" not in v[1] for v in versions)
     out = tmp_path / "fused.onnx"
     result = run_cli(*merge_args(mixed_sources, out, "--fusion", "mean", "--keep-model-outputs"))
@@ -113,7 +116,7 @@ def test_merge_vote_counts_source_labels(mixed_sources, rows, tmp_path):
     assert run_cli(*merge_args(mixed_sources, out, "--fusion", "vote")).exit_code == 0
     x = rows["x"][:300]
     fused = assert_runtimes_agree(out, {"features": x})
-    labels = [np.asarray(list(source_outputs(p, c, x).values())[0]).ravel() for p, c in mixed_sources]
+    labels = [np.asarray(next(iter(source_outputs(p, c, x).values()))).ravel() for p, c in mixed_sources]
     share_of_ones = np.mean([label == 1 for label in labels], axis=0)
     np.testing.assert_allclose(fused["probabilities"][:, 1], share_of_ones, rtol=1e-6)
     np.testing.assert_array_equal(fused["label"], np.argmax(fused["probabilities"], axis=1))
@@ -127,16 +130,21 @@ def test_merge_averages_regressors(rows, tmp_path):
     specs = [
         (save(to_onnx(linear, x[:1, :2]), tmp_path / "lin.onnx"), ("a", "b")),
         (save(to_onnx(forest, x[:1, 2:5], target_opset=18), tmp_path / "rf.onnx"), ("c", "d", "e")),
-        (save(onnxmltools.convert_lightgbm(lgbm, initial_types=[("X", MLFloat([None, 2]))]), tmp_path / "lgbm.onnx"), ("a", "e")),
+        (
+            save(onnxmltools.convert_lightgbm(lgbm, initial_types=[("X", MLFloat([None, 2]))]), tmp_path / "lgbm.onnx"),
+            ("a", "e"),
+        ),
     ]
     out = tmp_path / "fused.onnx"
     result = run_cli(*merge_args(specs, out, "--fusion", "mean"))
     assert result.exit_code == 0, result.stderr
     model = assert_checker_and_portable(out)
-    assert [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output] == [("prediction", onnx.TensorProto.FLOAT)]
+    assert [(o.name, o.type.tensor_type.elem_type) for o in model.graph.output] == [
+        ("prediction", onnx.TensorProto.FLOAT)
+    ]
     feeds = {"features": x[:200]}
     fused = assert_runtimes_agree(out, feeds)
-    expected = np.mean([np.asarray(list(source_outputs(p, c, x[:200]).values())[0]).ravel() for p, c in specs], axis=0)
+    expected = np.mean([np.asarray(next(iter(source_outputs(p, c, x[:200]).values()))).ravel() for p, c in specs], axis=0)
     np.testing.assert_allclose(fused["prediction"], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -145,7 +153,9 @@ def test_merge_keeps_sources_apart_when_every_name_is_identical(rows, tmp_path):
     first = to_onnx(LogisticRegression(C=0.01).fit(x[:, :2], y), x[:1, :2], options={"zipmap": False})
     second = to_onnx(LogisticRegression(C=10.0).fit(x[:, 2:4], 1 - y), x[:1, :2], options={"zipmap": False})
     names = lambda m: (  # noqa: E731 - a short local probe
-        [i.name for i in m.graph.input], [o.name for o in m.graph.output], [n.name for n in m.graph.node],
+        [i.name for i in m.graph.input],
+        [o.name for o in m.graph.output],
+        [n.name for n in m.graph.node],
         [t.name for t in m.graph.initializer],
     )
     assert names(first) == names(second)
@@ -172,11 +182,13 @@ def test_merge_routes_overlapping_columns_in_first_appearance_order(rows, tmp_pa
     assert run_cli(*merge_args(specs, out, "--fusion", "mean", "--keep-model-outputs")).exit_code == 0
     model = onnx.load(str(out))
     assert model.graph.input[0].type.tensor_type.shape.dim[1].dim_value == 4
-    assert '["a","b","c","d"]' == {p.key: p.value for p in model.metadata_props}["onnxfuse.features"]
+    assert {p.key: p.value for p in model.metadata_props}["onnxfuse.features"] == '["a","b","c","d"]'
     fused = assert_runtimes_agree(out, {"features": x[:100, :4]})
     for index, (path, cols) in enumerate(specs, start=1):
         expected = source_outputs(path, cols, x[:100])
-        np.testing.assert_allclose(fused[f"m{index}/output_probability"], as_matrix(expected["output_probability"], [0, 1]))
+        np.testing.assert_allclose(
+            fused[f"m{index}/output_probability"], as_matrix(expected["output_probability"], [0, 1])
+        )
 
 
 def test_merge_binds_per_column_inputs_by_name(rows, tmp_path):
@@ -189,8 +201,24 @@ def test_merge_binds_per_column_inputs_by_name(rows, tmp_path):
     by_name = save(to_onnx(pipe, initial_types=per_column, options={"zipmap": False}), tmp_path / "by_name.onnx")
     tensor = save(to_onnx(LogisticRegression().fit(x[:, :2], y), x[:1, :2]), tmp_path / "ab.onnx")
     out = tmp_path / "fused.onnx"
-    result = run_cli("merge", tensor, by_name, "--features", "a,b", "--features", "b,e", "--data", data, "--target", "y",
-                     "--fusion", "mean", "-o", out, "--keep-model-outputs")
+    result = run_cli(
+        "merge",
+        tensor,
+        by_name,
+        "--features",
+        "a,b",
+        "--features",
+        "b,e",
+        "--data",
+        data,
+        "--target",
+        "y",
+        "--fusion",
+        "mean",
+        "-o",
+        out,
+        "--keep-model-outputs",
+    )
     assert result.exit_code == 0, result.stderr
     fused = assert_runtimes_agree(out, {"features": x[:50, [0, 1, 4]]})
     expected = ort_outputs(by_name, {"b": x[:50, 1:2], "e": x[:50, 4:5]})

@@ -30,11 +30,13 @@ def if_model(weight: float, scale: float) -> onnx.ModelProto:
     """A regressor whose If branches read the outer value `total` and outer initializers `W`."""
     model = onnx.parser.parse_model(IF_MODEL % scale)
     graph = model.graph
-    graph.initializer.extend([
-        onnx.numpy_helper.from_array(np.array([weight], dtype=np.float32), "W"),
-        onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
-        onnx.numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
-    ])
+    graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array([weight], dtype=np.float32), "W"),
+            onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+            onnx.numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        ]
+    )
     # the branch condition: the first element of X's first column, via outer-scope-free nodes
     graph.node.insert(0, onnx.helper.make_node("ReduceMax", ["X"], ["first"], keepdims=0))
     onnx.checker.check_model(model, full_check=True)
@@ -63,8 +65,20 @@ def test_splice_keeps_outer_scope_references_apart_when_if_branches_collide(tmp_
     first = save(if_model(2.0, 0.5), tmp_path / "one.onnx")
     second = save(if_model(-3.0, 4.0), tmp_path / "two.onnx")
     out = tmp_path / "fused.onnx"
-    result = run_cli("merge", first, second, "--features", "a,b", "--features", "c,d", "--fusion", "mean",
-                     "--keep-model-outputs", "-o", out)
+    result = run_cli(
+        "merge",
+        first,
+        second,
+        "--features",
+        "a,b",
+        "--features",
+        "c,d",
+        "--fusion",
+        "mean",
+        "--keep-model-outputs",
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.stderr
     assert_checker_and_portable(out)
     rng = np.random.default_rng(1)
@@ -82,10 +96,26 @@ def test_splice_keeps_outer_scope_references_apart_when_if_branches_collide(tmp_
 @pytest.mark.parametrize("target_opset", [18, 21], ids=["renamed_in_splice", "inlined_before_conversion"])
 def test_splice_keeps_both_bodies_when_local_functions_share_a_name(tmp_path: Path, target_opset: int):
     first = save(function_model("two = Constant <value_float = 2.0> ()\n out = Mul (x, two)"), tmp_path / "f1.onnx")
-    second = save(function_model("three = Constant <value_float = 3.0> ()\n out = Add (x, three)"), tmp_path / "f2.onnx")
+    second = save(
+        function_model("three = Constant <value_float = 3.0> ()\n out = Add (x, three)"), tmp_path / "f2.onnx"
+    )
     out = tmp_path / "fused.onnx"
-    result = run_cli("merge", first, second, "--features", "a", "--features", "b", "--fusion", "mean",
-                     "--keep-model-outputs", "--target-opset", target_opset, "-o", out)
+    result = run_cli(
+        "merge",
+        first,
+        second,
+        "--features",
+        "a",
+        "--features",
+        "b",
+        "--fusion",
+        "mean",
+        "--keep-model-outputs",
+        "--target-opset",
+        target_opset,
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.stderr
     model = assert_checker_and_portable(out)
     assert {o.domain: o.version for o in model.opset_import}[""] == target_opset

@@ -72,7 +72,8 @@ def _bind_model(model: NormalizedModel, data_columns: Sequence[str] | None) -> t
         if not value.type.HasField("tensor_type"):
             kind = value.type.WhichOneof("value") or "unknown"
             raise OnnxfuseError(
-                f"{label}: input '{value.name}' is a {kind.removesuffix('_type')}, not a tensor; only tensor inputs can be fused"
+                f"{label}: input '{value.name}' is a {kind.removesuffix('_type')}, not a tensor; "
+                "only tensor inputs can be fused"
             )
     wanted = model.source.spec.features
     column_inputs = [i for i in inputs if _is_column_input(i)]

@@ -19,7 +19,7 @@ def describe(path: Path) -> dict:
     The model is read with the same safety checks as `merge` and its weights are
     never loaded: sizes come from the tensor headers and external-data lengths.
     """
-    proto = load_model(ModelSpec(path), 1).proto
+    proto = load_model(ModelSpec(path), 0).proto
     tensors = list(external_data_helper._get_all_tensors(proto))
     external = sorted(
         {

@@ -66,8 +66,7 @@ def _common_task(roles: Sequence[OutputRole]) -> str:
     tasks = sorted({role.task for role in roles})
     if len(tasks) != 1:
         kinds = ", ".join(
-            f"model {i} is a {'classifier' if r.task == 'classification' else 'regressor'}"
-            for i, r in enumerate(roles, 1)
+            f"{r.model} is a {'classifier' if r.task == 'classification' else 'regressor'}" for r in roles
         )
         raise OnnxfuseError(f"cannot fuse classifiers with regressors without a trained head ({kinds})")
     return tasks[0]
@@ -76,7 +75,7 @@ def _common_task(roles: Sequence[OutputRole]) -> str:
 def _union_classes(roles: Sequence[OutputRole]) -> Classes:
     kinds = {type(c) for role in roles for c in role.classes or ()}
     if len(kinds) > 1:
-        lists = "; ".join(f"model {i}: {list(r.classes or ())}" for i, r in enumerate(roles, 1))
+        lists = "; ".join(f"{r.model}: {list(r.classes or ())}" for r in roles)
         raise OnnxfuseError(f"class labels mix strings and integers ({lists})")
     return tuple(sorted({c for role in roles for c in role.classes or ()}))
 

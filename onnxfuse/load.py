@@ -42,14 +42,14 @@ class SourceModel:
 
 
 def load_model(spec: ModelSpec, index: int) -> SourceModel:
-    """Read model `index` (1-based).
+    """Read model `index` (1-based; 0 for a model on its own, as `inspect` reads it).
 
     Rules: the file must be a readable ONNX protobuf with a graph and outputs; its
     external-data references must stay inside the model's folder (no absolute
     paths, no `..`, no symlink out) and point at existing, long-enough files;
     weights are never read here (onnx-ir memory-maps them later).
     """
-    label = f"model {index} ({spec.path})"
+    label = f"model {index} ({spec.path})" if index else str(spec.path)
     proto = _read_proto(spec.path, label)
     _check_structure(proto, label)
     _check_external_data(proto, spec.path, label)

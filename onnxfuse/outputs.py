@@ -22,6 +22,7 @@ Classes = tuple[int, ...] | tuple[str, ...]
 class OutputRole:
     """Which output of a source is its label, probabilities or prediction."""
 
+    model: str  # how messages name the source: `model 2 (b.onnx)`
     task: str  # "classification" or "regression"
     label: str | None = None
     probabilities: str | None = None
@@ -43,17 +44,21 @@ def output_role(model: NormalizedModel) -> OutputRole:
     if model.zipmap_classes:
         probabilities, classes = next(iter(sorted(model.zipmap_classes.items())))
         label = labels[0] if len(labels) == 1 else None
-        return OutputRole("classification", label=label, probabilities=probabilities, classes=classes)
+        return OutputRole(
+            model.source.label, "classification", label=label, probabilities=probabilities, classes=classes
+        )
     floats = [n for n, o in outputs.items() if _elem(o) in _FLOAT_TYPES]
     matrices = [n for n in floats if _rank(outputs[n]) == 2 and _last_dim(outputs[n]) != 1]
     if len(labels) == 1 and len(matrices) == 1:
         classes = trace_classes(model.proto.graph, labels[0])
         if classes is None:
             raise OnnxfuseError(f"{model.source.label}: cannot tell the class list behind output '{labels[0]}'")
-        return OutputRole("classification", label=labels[0], probabilities=matrices[0], classes=classes)
+        return OutputRole(
+            model.source.label, "classification", label=labels[0], probabilities=matrices[0], classes=classes
+        )
     vectors = [n for n in floats if _rank(outputs[n]) in (1, None) or _last_dim(outputs[n]) == 1]
     if len(outputs) == 1 and len(vectors) == 1:
-        return OutputRole("regression", prediction=vectors[0])
+        return OutputRole(model.source.label, "regression", prediction=vectors[0])
     raise OnnxfuseError(
         f"{model.source.label}: outputs {', '.join(sorted(outputs))} are neither a classifier's "
         "label and probabilities nor one regression prediction"

@@ -144,7 +144,8 @@ def test_merge_averages_regressors(rows, tmp_path):
     ]
     feeds = {"features": x[:200]}
     fused = assert_runtimes_agree(out, feeds)
-    expected = np.mean([np.asarray(next(iter(source_outputs(p, c, x[:200]).values()))).ravel() for p, c in specs], axis=0)
+    predictions = [next(iter(source_outputs(p, c, x[:200]).values())) for p, c in specs]
+    expected = np.mean([np.asarray(p).ravel() for p in predictions], axis=0)
     np.testing.assert_allclose(fused["prediction"], expected, rtol=1e-5, atol=1e-5)
 
 

@@ -85,6 +85,13 @@ def _bind_model(model: NormalizedModel, data_columns: Sequence[str] | None) -> t
         bound = _split_columns(column_inputs, tuple(wanted), label)
     else:
         bound = {i.name: _columns_by_name(i, label, data_columns) for i in column_inputs}
+    for value in column_inputs:
+        batch = value.type.tensor_type.shape.dim[0]
+        if batch.HasField("dim_value") and value.name in bound:
+            raise OnnxfuseError(
+                f"{label}: input '{value.name}' has a fixed batch size {batch.dim_value}; "
+                "re-export the model with a dynamic first dimension"
+            )
     if data_columns is not None:
         for name, columns in bound.items():
             for column in columns:

@@ -102,6 +102,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory, rows: dict[str, np.ndarray
     save(fitted_onnx(DecisionTreeRegressor(max_depth=3, random_state=0), rows, "cd", "yr"), folder / "reg_cd.onnx")
     save(onnx.parser.parse_model(CUSTOM_TEXT), folder / "custom.onnx")
     save(sequence_model(), folder / "sequence.onnx")
+    fixed_batch = fitted_onnx(DecisionTreeClassifier(max_depth=3, random_state=0), rows, "cd", "y")
+    fixed_batch.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    save(fixed_batch, folder / "fixed_batch.onnx")
     save(label_encoder_model(), folder / "label_encoder.onnx")
     payload = (folder / "tree.onnx").read_bytes()
     (folder / "truncated.onnx").write_bytes(payload[: len(payload) // 2])
@@ -204,6 +207,9 @@ MISTAKES = [
     ),
     pytest.param(
         merge_args("reg_ab.onnx", "sequence.onnx"), ("model 2", "sequence.onnx", "items"), id="sequence_input"
+    ),
+    pytest.param(
+        merge_args("lr.onnx", "fixed_batch.onnx"), ("model 2", "fixed_batch.onnx", "batch"), id="fixed_batch_input"
     ),
     pytest.param(merge_args(fusion="stack"), ("stack", "not available"), id="fusion_stack"),
     pytest.param(merge_args(fusion="gate"), ("gate", "not available"), id="fusion_gate"),

@@ -56,6 +56,7 @@ FEATURES = ("a,b,c,d", "e,f,g,h")
 SEEDS = (1, 2)
 ALIGN = 4096
 RUN_ROWS = 64
+WARMUP = 1
 TARGET_TIME_RATIO = 2.0
 TARGET_STAGES_RSS_MIB = 300.0
 TARGET_MERGE_RSS_RATIO = 1.3
@@ -369,24 +370,34 @@ def measurements(paths: Paths) -> list[Measurement]:
 
 
 def run_all(paths: Paths, repeat: int, *, keep: bool) -> tuple[dict[str, list[Sample]], list[dict]]:
-    """Every measurement `repeat` times, interleaved; outputs are deleted after each run (not the last with keep)."""
+    """One warm-up round, then every measurement `repeat` times, interleaved.
+
+    Each child starts after `os.sync()` (no dirty pages left by the one before); each round's
+    outputs are deleted after it (except the last one with --keep). The warm-up round is not
+    counted: on a fresh VM the first writes into new page cache are several times slower.
+    """
     samples: dict[str, list[Sample]] = {}
     checks = []
-    for run in range(repeat):
+    for run in range(WARMUP + repeat):
+        label = "warm-up" if run < WARMUP else f"run {run - WARMUP + 1}/{repeat}"
+        current = {}
         for measurement in measurements(paths):
-            if measurement.key in ("c", "d"):
-                paths.fused(measurement.key, run).parent.mkdir(parents=True, exist_ok=True)
-            result = paths.result(measurement.key, run)
-            sample = run_child(measurement.mode, measurement.args(run), result, cwd=paths.workdir)
-            samples.setdefault(measurement.key, []).append(sample)
-            print(
-                f"  run {run + 1}/{repeat} {measurement.key:>8}: {sample.wall_s:7.2f} s {sample.peak_mib:8.1f} MiB",
-                flush=True,
-            )
-        checks.append(check_outputs(paths, run, samples["b"][-1]))
-        if run < repeat - 1 or not keep:
+            current[measurement.key] = sample = _measure(paths, measurement, run)
+            print(f"  {label:>9} {measurement.key:>8}: {sample.wall_s:7.2f} s {sample.peak_mib:8.1f} MiB", flush=True)
+        if run >= WARMUP:
+            for key, sample in current.items():
+                samples.setdefault(key, []).append(sample)
+            checks.append(check_outputs(paths, run, current["b"]))
+        if run < WARMUP + repeat - 1 or not keep:
             _remove_outputs(paths, run)
     return samples, checks
+
+
+def _measure(paths: Paths, measurement: Measurement, run: int) -> Sample:
+    if measurement.key in ("c", "d"):
+        paths.fused(measurement.key, run).parent.mkdir(parents=True, exist_ok=True)
+    os.sync()
+    return run_child(measurement.mode, measurement.args(run), paths.result(measurement.key, run), cwd=paths.workdir)
 
 
 def check_outputs(paths: Paths, run: int, ort: Sample) -> dict:
@@ -515,7 +526,7 @@ def print_report(
         f"(b) output {checks[0]['output_shape']} finite: {all(c['finite'] for c in checks)}"
     )
     merge = measurements(paths)[2]
-    print(f"merge command (run 1): onnxfuse {shlex.join(merge.args(0))}")
+    print(f"merge command (first measured run): onnxfuse {shlex.join(merge.args(WARMUP))}")
     print_table(paths, samples)
     print_stages(samples)
     print_targets(samples, fused_mib)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs, run_cli
 from onnx import external_data_helper, helper, numpy_helper
 
 from onnxfuse import emit
-from tests.conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs, run_cli
 
 
 def mlp_with_external_data(folder: Path, name: str, seed: int, hidden: int = 256) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxmltools
 import pytest
+from conftest import ort_outputs, save
 from onnx import helper
 from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
 from skl2onnx import to_onnx
@@ -19,7 +20,6 @@ from onnxfuse.load import load_model
 from onnxfuse.normalize import decide_versions, normalize
 from onnxfuse.outputs import output_role
 from onnxfuse.spec import ModelSpec
-from tests.conftest import ort_outputs, save
 
 
 def load(path: Path, index: int = 1):

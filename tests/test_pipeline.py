@@ -13,16 +13,7 @@ import onnxmltools
 import pandas as pd
 import pytest
 import xgboost
-from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.linear_model import LinearRegression, LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.tree import DecisionTreeClassifier
-
-from tests.conftest import (
+from conftest import (
     as_matrix,
     assert_checker_and_portable,
     assert_runtimes_agree,
@@ -32,6 +23,14 @@ from tests.conftest import (
     save,
     write_csv,
 )
+from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.tree import DecisionTreeClassifier
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import numpy as np
 import onnx
 import onnx.parser
 import pytest
-
-from tests.conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs, run_cli, save
+from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs, run_cli, save
 
 IF_MODEL = """
 <ir_version: 8, opset_import: ["" : 15]>

@@ -1,7 +1,8 @@
 """Time and peak memory of `onnxfuse merge` on two large models, beside the floors it is judged against.
 
 What it measures, each in its own fresh subprocess so every peak RSS is that process's own
-(read with `os.wait4`, which returns the child's rusage):
+(read with `os.wait4`, which returns the child's rusage: its peak, or that of a subprocess it
+waited for if higher):
 
     baseline  python + `import onnxfuse.pipeline`: the interpreter and its imports
     (a) floor onnx-ir: `ir.load` both sources, `ir.save` each to a new file with external data
@@ -14,8 +15,12 @@ onnx.helper at opset 21 / IR 10, input `X` float [N, 4], output `variable` float
 with `--mb` MiB of float32 MatMul weights in one `.data` file beside its `.onnx`. All files live
 in a temporary folder that is deleted at the end (unless `--keep`).
 
-Every measurement runs `--repeat` times, interleaved; the table shows medians. `wall` is the
-whole subprocess (interpreter start and imports included), `work` the part after the imports.
+After one uncounted warm-up round, every measurement runs `--repeat` times, interleaved, each
+after `os.sync()`; the table shows medians. `wall` is the whole subprocess (interpreter start
+and imports included), `work` the part after the imports. The children run in the sources'
+folder: onnxfuse's load stage resolves external data against the current directory (see
+`Paths.workdir`).
+
 Targets (PASS/MISS is printed, the exit status is 0 unless something fails):
 
     (d) wall / (a) wall           <= 2x    compile stages vs the load+save floor
@@ -525,6 +530,7 @@ def print_report(
         f"(c) and (d) wrote identical bytes: {all(c['same_bytes'] for c in checks)}; "
         f"(b) output {checks[0]['output_shape']} finite: {all(c['finite'] for c in checks)}"
     )
+    print(f"children run in {paths.workdir} (onnxfuse's load checks external data relative to the cwd)")
     merge = measurements(paths)[2]
     print(f"merge command (first measured run): onnxfuse {shlex.join(merge.args(WARMUP))}")
     print_table(paths, samples)

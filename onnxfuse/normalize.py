@@ -121,12 +121,18 @@ def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
     proto.CopyFrom(source.proto)
     _densify_sparse_initializers(proto.graph)
     classes = _strip_zipmap(proto, source.label)
-    _check_ml_ops(proto, source.label, versions.ml_opset)
-    proto = _convert_opset(proto, source.label, versions.opset)
-    _set_opset_imports(proto, versions)
-    proto.ir_version = versions.ir_version
+    proto = unify_versions(proto, source.label, versions)
     _relax_batch_dims(proto.graph)
     return NormalizedModel(source=source, proto=proto, zipmap_classes=classes)
+
+
+def unify_versions(proto: onnx.ModelProto, label: str, versions: Versions) -> onnx.ModelProto:
+    """Move one model (a source, or a fusion head) to the shared opsets and IR version."""
+    _check_ml_ops(proto, label, versions.ml_opset)
+    proto = _convert_opset(proto, label, versions.opset)
+    _set_opset_imports(proto, versions)
+    proto.ir_version = versions.ir_version
+    return proto
 
 
 def _opset(proto: onnx.ModelProto, domain: str) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -46,20 +47,45 @@ def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versio
     shared = {v.name: v for v in fused.inputs}
     outputs = []
     for index, (normalized, bindings) in enumerate(zip(models, binding.models), start=1):
-        source = ir.serde.deserialize_model(_copy(normalized.proto))
-        ir.external_data.set_base_dir(source.graph, str(normalized.source.path.resolve().parent))
         prefix = f"m{index}/"
-        _prefix_names(source, prefix)
-        _bind_inputs(source.graph, fused, bindings, binding, shared=shared, prefix=prefix)
-        names = [output.name for output in normalized.proto.graph.output]
-        outputs.append(dict(zip(names, source.graph.outputs)))
-        _move_graph(source, model)
+        feeds = {
+            b.name: shared[b.name] if b.columns is None else _gather_columns(fused, b, binding, prefix=prefix)
+            for b in bindings
+        }
+        folder = normalized.source.path.resolve().parent
+        outputs.append(attach(model, normalized.proto, prefix=prefix, inputs=feeds, base_dir=folder))
     InlinePass()(model)
     for domain in list(fused.opset_imports):
         if domain not in STANDARD_DOMAINS:
             del fused.opset_imports[domain]
     model.opset_imports.update(fused.opset_imports)
     return Spliced(model=model, outputs=tuple(outputs))
+
+
+def attach(
+    model: ir.Model,
+    proto: onnx.ModelProto,
+    *,
+    prefix: str,
+    inputs: dict[str, ir.Value],
+    base_dir: Path | None = None,
+) -> dict[str, ir.Value]:
+    """Add a copy of `proto`'s graph to `model` under `prefix`, its inputs read from `inputs`.
+
+    Returns the attached graph's outputs by their original names.
+    """
+    source = ir.serde.deserialize_model(_copy(proto))
+    if base_dir is not None:
+        ir.external_data.set_base_dir(source.graph, str(base_dir))
+    _prefix_names(source, prefix)
+    graph_inputs = {v.name: v for v in source.graph.inputs if not v.is_initializer()}
+    for name, replacement in inputs.items():
+        graph_inputs[prefix + name].replace_all_uses_with(replacement, replace_graph_outputs=True)
+    source.graph.inputs.clear()
+    names = [output.name for output in proto.graph.output]
+    outputs = dict(zip(names, source.graph.outputs))
+    _move_graph(source, model)
+    return outputs
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -103,26 +129,6 @@ def _call_sites(model: ir.Model) -> list[ir.Node]:
     for function in model.functions.values():
         nodes.extend(function.all_nodes())
     return nodes
-
-
-def _bind_inputs(
-    source: ir.Graph,
-    fused: ir.Graph,
-    bindings: Sequence[InputBinding],
-    binding: Binding,
-    *,
-    shared: dict[str, ir.Value],
-    prefix: str,
-) -> None:
-    inputs = {v.name: v for v in source.inputs if not v.is_initializer()}
-    for input_binding in bindings:
-        value = inputs[prefix + input_binding.name]
-        if input_binding.columns is None:
-            replacement = shared[input_binding.name]
-        else:
-            replacement = _gather_columns(fused, input_binding, binding, prefix=prefix)
-        value.replace_all_uses_with(replacement, replace_graph_outputs=True)
-    source.inputs.clear()
 
 
 def _gather_columns(fused: ir.Graph, input_binding: InputBinding, binding: Binding, *, prefix: str) -> ir.Value:

@@ -87,8 +87,13 @@ def merge(
         ModelSpec(path=path, features=_columns(features[i]) if features else None) for i, path in enumerate(models)
     )
     optimize = not options.pop("no_optimize")
-    result = run_merge(FuseSpec(models=specs, output=output, optimize=optimize, **options))
+    with _Progress() as progress:
+        result = run_merge(FuseSpec(models=specs, output=output, optimize=optimize, **options), progress=progress)
     classes = f", {len(result.classes)} classes" if result.classes is not None else ""
+    if result.fusion.get("holdout", {}).get("metrics"):
+        from onnxfuse.report import format_table
+
+        click.echo(format_table(result.fusion["holdout"]))
     click.echo(
         f"wrote {result.output}: {len(result.features)} features, {result.task}{classes}, "
         f"ai.onnx {result.versions.opset}, ai.onnx.ml {result.versions.ml_opset}, IR {result.versions.ir_version}"
@@ -104,6 +109,30 @@ def inspect(model: Path, as_json: bool) -> None:
 
     info = describe(model)
     click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_text(info))
+
+
+class _Progress:
+    """A progress bar on stderr for scoring long data (over PROGRESS_ROWS rows), nothing for short."""
+
+    PROGRESS_ROWS = 200_000
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < self.PROGRESS_ROWS:
+            return
+        if self._bar is None:
+            self._bar = click.progressbar(length=total, label="scoring sources", file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc_info)
 
 
 def _columns(text: str) -> tuple[str, ...]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from onnx import helper
 
 from onnxfuse.bind import FEATURES, Binding
@@ -21,6 +19,10 @@ VERIFY_ROWS = 128
 
 def read_table(path: Path) -> Table:
     """Columns of a data file, in file order. `.npz` is read with pickle disabled."""
+    import pyarrow as pa  # imported here: merges without data do not pay for it
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
     if not path.is_file():
         raise OnnxfuseError(f"data {path}: no such file")
     suffix = path.suffix.lower()
@@ -104,7 +106,9 @@ def _read_npz(path: Path) -> Table:
         return {name: archive[name] for name in archive.files}
 
 
-def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+def _to_numpy(column) -> np.ndarray:
+    import pyarrow as pa
+
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         return np.array(column.to_pylist(), dtype=object)
     if column.null_count and (pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)):
@@ -114,3 +118,102 @@ def _to_numpy(column: pa.ChunkedArray) -> np.ndarray:
 
 def column_names(table: Mapping[str, np.ndarray] | None) -> list[str] | None:
     return list(table) if table is not None else None
+
+
+MAX_CLASSES_FOR_INTEGERS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """All rows of the data as model feeds, with the target and what it says about the task."""
+
+    feeds: dict[str, np.ndarray]
+    target: np.ndarray
+    task: str
+    classes: tuple | None
+
+    @property
+    def rows(self) -> int:
+        return len(self.target)
+
+
+def labelled_rows(table: Table, binding: Binding, path: Path, *, target: str, task: str = "auto") -> Labelled:
+    """Feeds for every row plus a checked target.
+
+    Rules: the target has no missing, NaN or infinite values; strings, booleans
+    and integers with at most 20 distinct values mean classification, floats
+    regression (`task` overrides); classification needs two classes or more.
+    NaN in feature columns is passed to the models as it is.
+    """
+    values = require_column(table, target, path)
+    task = _task_of(values, task, target, path)
+    if task == "regression":
+        return Labelled(_all_feeds(binding, table, path), values.astype(np.float64), task, None)
+    labels = _class_labels(values, target, path)
+    classes = tuple(v.item() if isinstance(v, np.generic) else v for v in np.unique(labels))
+    if len(classes) < 2:
+        raise OnnxfuseError(f"data {path}: column '{target}' holds one class only ({classes[0]!r}); nothing to learn")
+    return Labelled(_all_feeds(binding, table, path), labels, task, classes)
+
+
+def split_rows(labelled: Labelled, holdout: float, *, seed: int, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/hold-out row indices, stratified by class for classification."""
+    from sklearn.model_selection import train_test_split
+
+    everything = np.arange(labelled.rows)
+    if holdout <= 0:
+        return everything, everything[:0]
+    stratify = labelled.target if labelled.task == "classification" else None
+    if stratify is not None:
+        values, counts = np.unique(stratify, return_counts=True)
+        if counts.min() < 2:
+            rare = values[int(np.argmin(counts))]
+            raise OnnxfuseError(
+                f"column '{target}': class {rare!r} has {counts.min()} row(s); a stratified hold-out needs 2 or more"
+            )
+    try:
+        train, held = train_test_split(everything, test_size=holdout, random_state=seed, stratify=stratify)
+    except ValueError as exc:
+        raise OnnxfuseError(f"column '{target}': cannot hold out {holdout} of {labelled.rows} rows ({exc})") from exc
+    return np.sort(train), np.sort(held)
+
+
+def take(feeds: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: array[rows] for name, array in feeds.items()}
+
+
+def _task_of(values: np.ndarray, task: str, target: str, path: Path) -> str:
+    if values.dtype.kind in "fc" and not np.isfinite(values.astype(np.float64)).all():
+        raise OnnxfuseError(f"data {path}: column '{target}' holds NaN or infinite values")
+    if values.dtype == object and any(v is None or v == "" for v in values):
+        raise OnnxfuseError(f"data {path}: column '{target}' has missing values")
+    if task != "auto":
+        if task == "regression" and values.dtype.kind not in "biuf":
+            raise OnnxfuseError(f"data {path}: --task regression but column '{target}' is not numeric")
+        return task
+    if values.dtype.kind in "OUSb":
+        return "classification"
+    if values.dtype.kind in "iu" and len(np.unique(values)) <= MAX_CLASSES_FOR_INTEGERS:
+        return "classification"
+    return "regression"
+
+
+def _class_labels(values: np.ndarray, target: str, path: Path) -> np.ndarray:
+    if values.dtype.kind in "OUS":
+        return np.array([str(v) for v in values], dtype=object)
+    if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+        raise OnnxfuseError(
+            f"data {path}: column '{target}' has fractional values; classes must be integers or strings"
+        )
+    return values.astype(np.int64)
+
+
+def _all_feeds(binding: Binding, table: Table, path: Path) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    if binding.features:
+        feeds[FEATURES] = feature_rows(table, binding.features, path)
+    for value in binding.shared:
+        if value.name not in table:
+            raise OnnxfuseError(f"data {path}: no column or array '{value.name}' for the model input of that name")
+        feeds[value.name] = _as_input(table[value.name], value)
+    return feeds

@@ -161,8 +161,7 @@ def _write_self_contained(proto: onnx.ModelProto, folder: Path, handle) -> None:
             source = data_files[info.location]
             handle.write(_key(5) + _varint(len(head) + _field_length(9, length)) + head)
             handle.write(_key(9) + _varint(length))
-            source.seek(info.offset or 0)
-            _copy(source, handle, length)
+            _copy(source, handle, offset=info.offset or 0, length=length)
 
 
 def _tensor_head(tensor: onnx.TensorProto) -> tuple[bytes, int]:
@@ -187,8 +186,22 @@ def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                     yield from _subgraphs(sub)
 
 
-def _copy(source, handle, length: int) -> None:
+def _copy(source, handle, *, offset: int, length: int) -> None:
+    """Copy bytes file to file in the kernel where it can (`copy_file_range`), else in chunks."""
+    handle.flush()
     remaining = length
+    if hasattr(os, "copy_file_range"):
+        position = offset
+        while remaining:
+            try:
+                done = os.copy_file_range(source.fileno(), handle.fileno(), remaining, position)
+            except OSError:
+                break  # e.g. across file systems on old kernels: fall back to reading
+            if done == 0:
+                raise OSError("staged external data ended early")
+            position, remaining = position + done, remaining - done
+        handle.seek(0, os.SEEK_END)
+    source.seek(offset + length - remaining)
     while remaining:
         chunk = source.read(min(remaining, 1 << 22))
         if not chunk:

@@ -1,19 +1,22 @@
-"""Combine the spliced sources' outputs into the contract's `label`/`probabilities` or `prediction`."""
+"""Put the fusion head into the spliced graph: the contract's `label`/`probabilities` or `prediction`."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxfuse.bind import FEATURES
 from onnxfuse.errors import OnnxfuseError
-from onnxfuse.normalize import BATCH_DIM
-from onnxfuse.outputs import Classes, OutputRole
-from onnxfuse.splice import Spliced
+from onnxfuse.normalize import BATCH_DIM, ML, Versions, unify_versions
+from onnxfuse.outputs import Classes, OutputRole, class_placement
+from onnxfuse.splice import Spliced, attach
+from onnxfuse.train import TrainedHead
 
 PREFIX = "fusion/"
+CONTRACT_OUTPUTS = ("label", "probabilities", "prediction")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,56 +26,36 @@ class Fused:
     model: ir.Model
     task: str
     classes: Classes | None
-    method: str
-    weights: tuple[float, ...]
 
 
-def fuse(
-    spliced: Spliced,
-    roles: Sequence[OutputRole],
-    *,
-    method: str,
-    keep_model_outputs: bool = False,
-) -> Fused:
-    """Add the fusion head (it takes over `spliced.model`).
-
-    Rules: classifiers' class lists are aligned by label value onto their sorted
-    union; `mean` averages probabilities (regressors: predictions), `vote` averages
-    one-hot labels; `label` is the class of the highest fused probability (first on
-    ties, as numpy's argmax). Trained heads (`stack`, `gate`) are refused until they
-    exist. With `keep_model_outputs`, each source output is exposed as `m{i}/<name>`.
-    """
-    heads: dict[str, Callable[[Spliced, Sequence[OutputRole], Classes | None], None]] = {
-        "mean": _mean_head,
-        "vote": _vote_head,
-    }
-    if method not in heads:
-        raise OnnxfuseError(
-            f"--fusion {method} is not available yet (trained heads are not implemented); "
-            "use --fusion mean or --fusion vote"
-        )
-    task = _common_task(roles)
-    classes = _union_classes(roles) if task == "classification" else None
-    heads[method](spliced, roles, classes)
-    outputs = spliced.model.graph.outputs
-    outputs.sort(key=lambda value: ("label", "probabilities", "prediction").index(value.name))
-    if keep_model_outputs:
-        _expose_model_outputs(spliced)
-    weights = tuple(1.0 / len(roles) for _ in roles)
-    return Fused(model=spliced.model, task=task, classes=classes, method=method, weights=weights)
-
-
-def _common_task(roles: Sequence[OutputRole]) -> str:
+def common_task(roles: Sequence[OutputRole]) -> str:
+    """mean / vote / gate combine like with like: all classifiers or all regressors."""
     tasks = sorted({role.task for role in roles})
     if len(tasks) != 1:
         kinds = ", ".join(
             f"{r.model} is a {'classifier' if r.task == 'classification' else 'regressor'}" for r in roles
         )
-        raise OnnxfuseError(f"cannot fuse classifiers with regressors without a trained head ({kinds})")
+        raise OnnxfuseError(f"cannot fuse classifiers with regressors without a stacking head ({kinds})")
     return tasks[0]
 
 
-def _union_classes(roles: Sequence[OutputRole]) -> Classes:
+def check_sources_fit(roles: Sequence[OutputRole], method: str, task: str) -> None:
+    """mean, vote and gate mix like with like: the sources must all predict the target's task."""
+    if method == "stack":
+        return
+    if method == "vote" and task == "regression":
+        raise OnnxfuseError("--fusion vote needs classifiers; the target is a regression target (use mean or stack)")
+    for role in roles:
+        if role.task != task:
+            kind = "classifier" if role.task == "classification" else "regressor"
+            raise OnnxfuseError(
+                f"{role.model} is a {kind} but the target is {task}; --fusion {method} mixes like with like "
+                "(use --fusion stack)"
+            )
+
+
+def union_classes(roles: Sequence[OutputRole]) -> Classes:
+    """Without a target, the label space is the sorted union of the sources' classes."""
     kinds = {type(c) for role in roles for c in role.classes or ()}
     if len(kinds) > 1:
         lists = "; ".join(f"{r.model}: {list(r.classes or ())}" for r in roles)
@@ -80,64 +63,149 @@ def _union_classes(roles: Sequence[OutputRole]) -> Classes:
     return tuple(sorted({c for role in roles for c in role.classes or ()}))
 
 
-def _mean_head(spliced: Spliced, roles: Sequence[OutputRole], classes: Classes | None) -> None:
+def fuse(
+    spliced: Spliced,
+    roles: Sequence[OutputRole],
+    head: TrainedHead,
+    *,
+    task: str,
+    classes: Classes | None,
+    versions: Versions,
+    keep_model_outputs: bool = False,
+) -> Fused:
+    """Add the head to the spliced graph (it takes over `spliced.model`).
+
+    Rules: each source's signal is its probabilities placed among `classes` by
+    label value (one-hot labels for `vote`), or its prediction as `[N, 1]`; a stack
+    head is the fitted estimator converted by skl2onnx (zipmap off, at the graph's
+    opsets, names under `fusion/`); gate, mean and vote mix the signals with
+    softmax weights, per row for the gate. `label` is the class of the highest
+    probability (first on ties). With `keep_model_outputs` every source output is
+    exposed as `m{i}/<name>`.
+    """
     graph = spliced.model.graph
-    if classes is None:
-        predictions = [
-            _as_vector(graph, outputs[r.prediction or ""], i)
-            for i, (outputs, r) in enumerate(zip(spliced.outputs, roles), 1)
-        ]
-        _average(graph, predictions, "prediction", [BATCH_DIM])
-        return
-    aligned = [
-        _aligned_probabilities(graph, outputs[role.probabilities or ""], role.classes or (), classes, index)
+    vote = head.options.method == "vote"
+    signals = [
+        _signal(graph, outputs, role, classes, index, vote=vote)
         for index, (outputs, role) in enumerate(zip(spliced.outputs, roles), start=1)
     ]
-    probabilities = _average(graph, aligned, "probabilities", [BATCH_DIM, len(classes)])
-    _label_of(graph, probabilities, classes)
-
-
-def _vote_head(spliced: Spliced, roles: Sequence[OutputRole], classes: Classes | None) -> None:
-    if classes is None:
-        raise OnnxfuseError("--fusion vote needs classifiers; these models are regressors (use --fusion mean)")
-    graph = spliced.model.graph
-    row = _constant(graph, "vote/classes", _class_array(classes).reshape(1, -1))
-    one_hots = []
-    for index, (outputs, role) in enumerate(zip(spliced.outputs, roles), start=1):
-        if role.label is not None:
-            label = outputs[role.label]
+    if head.estimator is not None:
+        _stack_head(spliced.model, signals, head, versions=versions, task=task)
+    else:
+        mixed = _mix(graph, signals, head, task=task)
+        if task == "classification":
+            _contract_output(graph, mixed, "probabilities", ir.DataType.FLOAT, [BATCH_DIM, len(classes or ())])
+            _label_of(graph, mixed, classes or ())
         else:
-            probabilities = _aligned_probabilities(
-                graph, outputs[role.probabilities or ""], role.classes or (), classes, index
+            _contract_output(graph, mixed, "prediction", ir.DataType.FLOAT, [BATCH_DIM])
+    graph.outputs.sort(key=lambda value: CONTRACT_OUTPUTS.index(value.name))
+    if keep_model_outputs:
+        for outputs in spliced.outputs:
+            graph.outputs.extend(v for v in outputs.values() if v not in graph.outputs)
+    return Fused(model=spliced.model, task=task, classes=classes)
+
+
+def _signal(
+    graph: ir.Graph, outputs: dict[str, ir.Value], role: OutputRole, classes, index: int, *, vote: bool
+) -> ir.Value:
+    if role.task == "regression":
+        value = _as_float(graph, outputs[role.prediction or ""], f"m{index}/prediction_float")
+        shape = _constant(graph, f"m{index}/column_shape", np.array([-1, 1], dtype=np.int64))
+        return _add(graph, "Reshape", [value, shape], {}, f"m{index}/prediction_column")
+    if vote:
+        return _one_hot_vote(graph, outputs, role, classes, index)
+    probabilities = _as_float(graph, outputs[role.probabilities or ""], f"m{index}/probabilities_float")
+    if classes is None or tuple(role.classes or ()) == tuple(classes):
+        return probabilities
+    matrix = _constant(graph, f"m{index}/class_placement", class_placement(role, classes))
+    return _add(graph, "MatMul", [probabilities, matrix], {}, f"m{index}/aligned_probabilities")
+
+
+def _one_hot_vote(graph: ir.Graph, outputs, role: OutputRole, classes, index: int) -> ir.Value:
+    if role.label is not None:
+        label = outputs[role.label]
+    else:
+        placed = _signal(graph, outputs, role, classes, index, vote=False)
+        label = _label_of(graph, placed, classes, name=f"{PREFIX}m{index}/label")
+    row = _constant(graph, f"m{index}/vote_classes", _class_array(classes).reshape(1, -1))
+    axes = _constant(graph, f"m{index}/vote_axes", np.array([1], dtype=np.int64))
+    column = _add(graph, "Unsqueeze", [label, axes], {}, f"m{index}/label_column")
+    equal = _add(graph, "Equal", [column, row], {}, f"m{index}/vote_equal")
+    return _add(graph, "Cast", [equal], {"to": ir.DataType.FLOAT}, f"m{index}/vote")
+
+
+def _mix(graph: ir.Graph, signals: list[ir.Value], head: TrainedHead, *, task: str) -> ir.Value:
+    """Softmax-weighted sum of the signals: fixed weights, or a gate on the imputed features."""
+    gate = head.gate
+    if not head.uses_features:
+        weights = np.exp(gate.bias - gate.bias.max())
+        weights = (weights / weights.sum()).astype(np.float32)
+        scaled = [
+            _add(
+                graph,
+                "Mul",
+                [s, _constant(graph, f"weight_{m}", np.array(w, dtype=np.float32))],
+                {},
+                f"m{m + 1}/weighted",
             )
-            label = _label_of(graph, probabilities, classes, name=f"{PREFIX}m{index}/label")
-        axes = _constant(graph, f"vote/m{index}/axes", np.array([1], dtype=np.int64))
-        column = _add(graph, "Unsqueeze", [label, axes], {}, f"vote/m{index}/label_column")
-        equal = _add(graph, "Equal", [column, row], {}, f"vote/m{index}/equal")
-        one_hots.append(_add(graph, "Cast", [equal], {"to": ir.DataType.FLOAT}, f"vote/m{index}/one_hot"))
-    probabilities = _average(graph, one_hots, "probabilities", [BATCH_DIM, len(classes)])
-    _label_of(graph, probabilities, classes)
+            for m, (s, w) in enumerate(zip(signals, weights))
+        ]
+        total = _add(graph, "Sum", scaled, {}, "sum")
+        return total if task == "classification" else _flatten(graph, total)
+    features = _imputed_features(graph, head)
+    logits = _add(graph, "MatMul", [features, _constant(graph, "gate/weights", gate.weights)], {}, "gate/scores")
+    logits = _add(graph, "Add", [logits, _constant(graph, "gate/bias", gate.bias)], {}, "gate/logits")
+    weights = _add(graph, "Softmax", [logits], {"axis": 1}, "gate/weights_per_row")
+    axis1 = _constant(graph, "gate/axis1", np.array([1], dtype=np.int64))
+    if task == "classification":
+        stacked = _add(
+            graph,
+            "Concat",
+            [_add(graph, "Unsqueeze", [s, axis1], {}, f"gate/m{m + 1}") for m, s in enumerate(signals)],
+            {"axis": 1},
+            "gate/experts",
+        )
+        axis2 = _constant(graph, "gate/axis2", np.array([2], dtype=np.int64))
+        weights = _add(graph, "Unsqueeze", [weights, axis2], {}, "gate/weights_column")
+    else:
+        stacked = _add(graph, "Concat", signals, {"axis": 1}, "gate/experts")
+    product = _add(graph, "Mul", [stacked, weights], {}, "gate/weighted")
+    return _add(graph, "ReduceSum", [product, axis1], {"keepdims": 0}, "gate/mixed")
 
 
-def _aligned_probabilities(graph: ir.Graph, value: ir.Value, own: Classes, classes: Classes, index: int) -> ir.Value:
-    """The model's `[N, C_i]` probabilities as float `[N, C]` over the union's classes."""
-    value = _as_float(graph, value, f"m{index}/probabilities_float")
-    if tuple(own) == tuple(classes):
-        return value
-    placement = np.zeros((len(own), len(classes)), dtype=np.float32)
-    for row, label in enumerate(own):
-        placement[row, classes.index(label)] = 1.0
-    matrix = _constant(graph, f"m{index}/class_placement", placement)
-    return _add(graph, "MatMul", [value, matrix], {}, f"m{index}/aligned_probabilities")
+def _stack_head(model: ir.Model, signals: list[ir.Value], head: TrainedHead, *, versions: Versions, task: str) -> None:
+    graph = model.graph
+    columns = []
+    for m, (signal, chosen) in enumerate(zip(signals, head.meta_columns)):
+        indices = _constant(graph, f"m{m + 1}/meta_columns", np.array(chosen, dtype=np.int64))
+        columns.append(_add(graph, "Gather", [signal, indices], {"axis": 1}, f"m{m + 1}/meta"))
+    if head.options.passthrough:
+        columns.append(_imputed_features(graph, head))
+    meta = _add(graph, "Concat", columns, {"axis": 1}, "meta_input") if len(columns) > 1 else columns[0]
+    from skl2onnx import to_onnx  # only stacking needs the converter
+
+    width = sum(len(c) for c in head.meta_columns) + (len(head.standardizer.mean) if head.options.passthrough else 0)
+    proto = to_onnx(
+        head.estimator, np.zeros((1, width), dtype=np.float32),
+        target_opset={"": versions.opset, ML: versions.ml_opset}, options={"zipmap": False},
+    )  # fmt: skip
+    proto = unify_versions(proto, f"the --meta {head.options.meta} head", versions)
+    outputs = attach(model, proto, prefix=f"{PREFIX}head/", inputs={proto.graph.input[0].name: meta})
+    if task == "classification":
+        label, probabilities = outputs["label"], outputs["probabilities"]
+        label.name, probabilities.name = "label", "probabilities"
+        graph.outputs.extend([label, probabilities])
+    else:
+        prediction = _flatten(graph, _as_float(graph, outputs["variable"], "head/prediction_float"))
+        _contract_output(graph, prediction, "prediction", ir.DataType.FLOAT, [BATCH_DIM])
 
 
-def _average(graph: ir.Graph, values: list[ir.Value], output: str, shape: list) -> ir.Value:
-    total = _add(graph, "Sum", values, {}, "sum")
-    scale = _constant(graph, "scale", np.array(1.0 / len(values), dtype=np.float32))
-    result = _add(graph, "Mul", [total, scale], {}, output)
-    result.name, result.type, result.shape = output, ir.TensorType(ir.DataType.FLOAT), ir.Shape(shape)
-    graph.outputs.append(result)
-    return result
+def _imputed_features(graph: ir.Graph, head: TrainedHead) -> ir.Value:
+    """`features` with NaN read as the fusion rows' column means, as the head was trained."""
+    features = next(v for v in graph.inputs if v.name == FEATURES)
+    missing = _add(graph, "IsNaN", [features], {}, "features_missing")
+    mean = _constant(graph, "feature_means", head.standardizer.mean.reshape(1, -1))
+    return _add(graph, "Where", [missing, mean, features], {}, "features_imputed")
 
 
 def _label_of(graph: ir.Graph, probabilities: ir.Value, classes: Classes, name: str = "label") -> ir.Value:
@@ -147,15 +215,18 @@ def _label_of(graph: ir.Graph, probabilities: ir.Value, classes: Classes, name: 
     label = _add(graph, "Gather", [table, index], {"axis": 0}, name)
     if name == "label":
         dtype = ir.DataType.STRING if class_array.dtype == object else ir.DataType.INT64
-        label.name, label.type, label.shape = "label", ir.TensorType(dtype), ir.Shape([BATCH_DIM])
-        graph.outputs.append(label)
+        _contract_output(graph, label, "label", dtype, [BATCH_DIM])
     return label
 
 
-def _as_vector(graph: ir.Graph, value: ir.Value, index: int) -> ir.Value:
-    value = _as_float(graph, value, f"m{index}/prediction_float")
-    shape = _constant(graph, f"m{index}/flat_shape", np.array([-1], dtype=np.int64))
-    return _add(graph, "Reshape", [value, shape], {}, f"m{index}/prediction")
+def _contract_output(graph: ir.Graph, value: ir.Value, name: str, dtype: ir.DataType, shape: list) -> None:
+    value.name, value.type, value.shape = name, ir.TensorType(dtype), ir.Shape(shape)
+    graph.outputs.append(value)
+
+
+def _flatten(graph: ir.Graph, value: ir.Value) -> ir.Value:
+    shape = _constant(graph, f"{value.name.removeprefix(PREFIX)}_flat_shape", np.array([-1], dtype=np.int64))
+    return _add(graph, "Reshape", [value, shape], {}, f"{value.name.removeprefix(PREFIX)}_flat")
 
 
 def _as_float(graph: ir.Graph, value: ir.Value, name: str) -> ir.Value:
@@ -184,11 +255,3 @@ def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     value.type, value.shape = ir.TensorType(value.const_value.dtype), ir.Shape(array.shape)
     graph.register_initializer(value)
     return value
-
-
-def _expose_model_outputs(spliced: Spliced) -> None:
-    graph = spliced.model.graph
-    for outputs in spliced.outputs:
-        for value in outputs.values():
-            if value not in graph.outputs:
-                graph.outputs.append(value)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -63,6 +65,27 @@ def output_role(model: NormalizedModel) -> OutputRole:
         f"{model.source.label}: outputs {', '.join(sorted(outputs))} are neither a classifier's "
         "label and probabilities nor one regression prediction"
     )
+
+
+def class_placement(role: OutputRole, classes: Sequence) -> np.ndarray:
+    """`[C_i, C]` 0/1 matrix placing a source's classes among the target's; unknown classes refused."""
+    placement = np.zeros((len(role.classes or ()), len(classes)), dtype=np.float32)
+    for row, label in enumerate(role.classes or ()):
+        if label not in classes:
+            raise OnnxfuseError(f"{role.model}: class {label!r} is not a label of the target ({list(classes)[:20]})")
+        placement[row, list(classes).index(label)] = 1.0
+    return placement
+
+
+def meta_columns(role: OutputRole, classes: Sequence | None) -> tuple[int, ...]:
+    """The columns of a source's signal a stacking head reads (see heads.Signals)."""
+    if role.task == "regression":
+        return (0,)
+    if classes is None:  # a classifier feeding a regression stack: all its own columns
+        return tuple(range(len(role.classes or ())))
+    if len(classes) == 2:
+        return (1,)
+    return tuple(sorted(list(classes).index(c) for c in role.classes or ()))
 
 
 def trace_classes(graph: onnx.GraphProto, name: str) -> Classes | None:

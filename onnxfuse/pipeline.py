@@ -3,63 +3,162 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from onnxfuse import __version__
 from onnxfuse.bind import bind
-from onnxfuse.data import column_names, read_table, require_column, verification_feeds
+from onnxfuse.data import Labelled, column_names, labelled_rows, read_table, verification_feeds
 from onnxfuse.emit import check_output, emit, fused_metadata, stage, workspace
 from onnxfuse.errors import OnnxfuseError
-from onnxfuse.fuse import fuse
+from onnxfuse.fuse import check_sources_fit, common_task, fuse, union_classes
 from onnxfuse.load import SourceModel, load_model
 from onnxfuse.normalize import Versions, normalize
-from onnxfuse.outputs import output_role
+from onnxfuse.outputs import OutputRole, meta_columns, output_role
+from onnxfuse.report import write_report
 from onnxfuse.spec import FuseSpec
-from onnxfuse.splice import splice
+from onnxfuse.splice import Spliced, splice
+from onnxfuse.train import HeadOptions, TrainedHead, equal_weights
 from onnxfuse.verify import verify
+
+TRAINED = ("stack", "gate")
 
 
 @dataclasses.dataclass(frozen=True)
 class FuseResult:
-    """What was written, for the CLI's summary."""
+    """What was written, for the CLI's summary and report."""
 
     output: Path
     features: tuple[str, ...]
     classes: tuple | None
     task: str
     versions: Versions
+    fusion: dict
 
 
-def merge(spec: FuseSpec) -> FuseResult:
-    """load -> normalize -> bind -> splice -> fuse -> (optimize) -> verify -> emit."""
+def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None) -> FuseResult:
+    """load -> normalize -> bind -> splice -> fuse (score, train) -> verify -> emit."""
     _check_spec(spec)
     inputs = [m.path for m in spec.models] + ([spec.data] if spec.data else [])
     check_output(spec.output, inputs)
+    if spec.report is not None:
+        check_output(spec.report, [*inputs, spec.output])
     table = read_table(spec.data) if spec.data else None
-    if table is not None and spec.target:
-        require_column(table, spec.target, spec.data)
     sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))
     models, versions = normalize(sources, target_opset=spec.target_opset, max_ir_version=spec.max_ir_version)
     binding = bind(models, data_columns=column_names(table))
     roles = [output_role(model) for model in models]
-    fused = fuse(
-        splice(models, binding, versions), roles, method=spec.fusion, keep_model_outputs=spec.keep_model_outputs
-    )
-    if spec.task != "auto" and spec.task != fused.task:
-        raise OnnxfuseError(f"--task {spec.task}: the models are {fused.task} models")
-    metadata = fused_metadata(
-        features=binding.features,
-        classes=fused.classes,
-        sources=[_describe_source(s) for s in sources],
-        fusion={"method": fused.method, "task": fused.task, "weights": list(fused.weights)},
-        version=__version__,
-    )
-    feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
+    labelled = labelled_rows(table, binding, spec.data, target=spec.target, task=spec.task) if spec.target else None
+    task, classes = _label_space(roles, labelled, spec)
+    check_sources_fit(roles, spec.fusion, task)
+    spliced = splice(models, binding, versions)
+    options = HeadOptions(spec.fusion, spec.meta, spec.passthrough, spec.holdout, spec.seed)
     with workspace(spec.output, inputs) as folder:
+        if labelled is None:
+            head = equal_weights(options, len(models))
+        else:
+            head = _trained_head(
+                spliced, roles, labelled, options, folder=folder, names=_names(sources), spec=spec, progress=progress
+            )
+        fused = fuse(
+            spliced,
+            roles,
+            head,
+            task=task,
+            classes=classes,
+            versions=versions,
+            keep_model_outputs=spec.keep_model_outputs,
+        )
+        metadata_fusion = _fusion_metadata(head)
+        metadata = fused_metadata(
+            features=binding.features,
+            classes=fused.classes,
+            sources=[_describe_source(s) for s in sources],
+            fusion=metadata_fusion,
+            version=__version__,
+        )
+        feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
         staged = stage(fused.model, folder, out=spec.output, metadata=metadata)
         verify(staged, models, binding, feeds=feeds)
         emit(staged, spec.output)
-    return FuseResult(spec.output, binding.features, fused.classes, fused.task, versions)
+    if spec.report is not None:
+        write_report(spec.report, metadata_fusion)
+    return FuseResult(spec.output, binding.features, fused.classes, fused.task, versions, metadata_fusion)
+
+
+def _label_space(roles: Sequence[OutputRole], labelled: Labelled | None, spec: FuseSpec) -> tuple[str, tuple | None]:
+    """The target's task and classes when there is one, else what the sources agree on."""
+    if labelled is not None:
+        return labelled.task, labelled.classes
+    task = common_task(roles)
+    if spec.task not in ("auto", task):
+        raise OnnxfuseError(f"--task {spec.task}: the models are {task} models")
+    return task, union_classes(roles) if task == "classification" else None
+
+
+def _trained_head(
+    spliced: Spliced, roles, labelled: Labelled, options: HeadOptions, *, folder, names, spec, progress
+) -> TrainedHead:
+    from onnxfuse.heads import Signals, one_hot  # training-only imports
+    from onnxfuse.score import score
+    from onnxfuse.train import train_head
+
+    wanted = _scored_outputs(spliced, roles, vote=options.method == "vote")
+    counter = (lambda done: progress(done, labelled.rows)) if progress else None
+    scores = score(spliced.model, wanted, labelled.feeds, folder=folder, progress=counter)
+    per_model = tuple(_signal_array(scores, roles, i, labelled.classes) for i in range(len(roles)))
+    signals = Signals(per_model, tuple(meta_columns(r, labelled.classes) for r in roles))
+    votes = None
+    if options.method == "vote":
+        labels = [
+            scores.get(f"{i}/label", _argmax_labels(signal, labelled.classes)) for i, signal in enumerate(per_model)
+        ]
+        votes = Signals(tuple(one_hot(label, labelled.classes) for label in labels), signals.meta_columns)
+    return train_head(signals, labelled, options, votes=votes, names=names, target=spec.target)
+
+
+def _argmax_labels(probabilities: np.ndarray, classes: tuple) -> np.ndarray:
+    return np.array(classes, dtype=object)[np.argmax(probabilities, axis=1)]
+
+
+def _scored_outputs(spliced: Spliced, roles: Sequence[OutputRole], *, vote: bool) -> dict:
+    wanted = {}
+    for index, (outputs, role) in enumerate(zip(spliced.outputs, roles)):
+        if role.task == "regression":
+            wanted[f"{index}/prediction"] = outputs[role.prediction]
+            continue
+        wanted[f"{index}/probabilities"] = outputs[role.probabilities]
+        if vote and role.label is not None:
+            wanted[f"{index}/label"] = outputs[role.label]
+    return wanted
+
+
+def _signal_array(scores: dict, roles: Sequence[OutputRole], index: int, classes: tuple | None) -> np.ndarray:
+    from onnxfuse.outputs import class_placement
+
+    role = roles[index]
+    if role.task == "regression":
+        return scores[f"{index}/prediction"].astype(np.float32).reshape(-1, 1)
+    probabilities = scores[f"{index}/probabilities"].astype(np.float32)
+    return probabilities @ class_placement(role, classes) if classes is not None else probabilities
+
+
+def _fusion_metadata(head: TrainedHead) -> dict:
+    info = {"method": head.options.method}
+    if head.options.method == "stack":
+        info.update(meta=head.options.meta, passthrough=head.options.passthrough)
+    elif head.gate is not None and not head.uses_features:
+        weights = np.exp(head.gate.bias - head.gate.bias.max())
+        info["weights"] = [round(float(w), 6) for w in weights / weights.sum()]
+    if head.report is not None:
+        info["holdout"] = head.report
+    return info
+
+
+def _names(sources: Sequence[SourceModel]) -> list[str]:
+    return [f"m{s.index} {s.name}" for s in sources]
 
 
 def _check_spec(spec: FuseSpec) -> None:
@@ -67,10 +166,14 @@ def _check_spec(spec: FuseSpec) -> None:
         raise OnnxfuseError("merge needs at least two models")
     if spec.target and not spec.data:
         raise OnnxfuseError("--target needs --data")
+    if spec.data and not spec.target and spec.fusion in TRAINED:
+        raise OnnxfuseError(f"--fusion {spec.fusion} needs --target, the label column of --data")
+    if spec.fusion in TRAINED and not spec.data:
+        raise OnnxfuseError(
+            f"--fusion {spec.fusion} trains on data: give --data and --target (or use --fusion mean / vote)"
+        )
     if spec.ort:
         raise OnnxfuseError("--ort is not available yet")
-    if spec.report is not None:
-        raise OnnxfuseError("--report is not available yet: untrained fusion has no hold-out report")
 
 
 def _describe_source(source: SourceModel) -> dict:

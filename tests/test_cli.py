@@ -211,8 +211,13 @@ MISTAKES = [
     pytest.param(
         merge_args("lr.onnx", "fixed_batch.onnx"), ("model 2", "fixed_batch.onnx", "batch"), id="fixed_batch_input"
     ),
-    pytest.param(merge_args(fusion="stack"), ("stack", "not available"), id="fusion_stack"),
-    pytest.param(merge_args(fusion="gate"), ("gate", "not available"), id="fusion_gate"),
+    pytest.param(merge_args(fusion="stack", data=None, target=None), ("stack", "--data"), id="stack_without_data"),
+    pytest.param(merge_args(fusion="gate", target=None), ("gate", "--target"), id="gate_without_target"),
+    pytest.param(
+        merge_args(fusion="stack", target="colour", data="strings.csv"),
+        ("model 1", "lr.onnx", "class 0"),
+        id="source_class_not_in_target",
+    ),
     pytest.param(merge_args(extra=("--target-opset", "99")), ("--target-opset", "99"), id="target_opset_too_high"),
     pytest.param(merge_args(extra=("--max-ir-version", "8")), ("--max-ir-version", "10"), id="max_ir_version_too_low"),
     pytest.param(
@@ -250,7 +255,7 @@ def test_merge_leaves_existing_out_unchanged_when_run_fails(workdir: Path) -> No
     out.write_bytes(b"the previous, good fused model")
     before = snapshot(workdir)
 
-    result = run_cli(*expand(merge_args(fusion="stack"), workdir))
+    result = run_cli(*expand(merge_args(fusion="stack", data=None, target=None), workdir))
 
     assert_one_error_line(result, "stack")
     assert out.read_bytes() == b"the previous, good fused model"
@@ -265,7 +270,8 @@ def test_merge_writes_out_when_two_classifiers(workdir: Path) -> None:
     result = run_cli(*expand(merge_args(), workdir))
 
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.startswith(f"wrote {out}"), result.stdout
+    assert result.stdout.splitlines()[-1].startswith(f"wrote {out}"), result.stdout
+    assert "fused" in result.stdout and "baseline" in result.stdout, "the hold-out table is printed"
     assert result.stderr == ""
     assert sorted(p.name for p in out.parent.iterdir()) == ["fused.onnx"]
     assert snapshot(workdir / "in") == before

@@ -1,0 +1,82 @@
+"""Hold-out metrics per source, for the fused model and a from-scratch baseline; the printed table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+CLASSIFICATION_METRICS = ("accuracy", "log_loss", "roc_auc")
+REGRESSION_METRICS = ("r2", "rmse")
+
+
+def metrics(task: str, target: np.ndarray, prediction: np.ndarray, classes: Sequence | None) -> dict[str, float | None]:
+    """accuracy, log loss and ROC AUC (binary, or macro one-vs-rest) — or R² and RMSE."""
+    from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, r2_score
+
+    if task == "regression":
+        prediction = np.asarray(prediction, dtype=np.float64).ravel()
+        return {
+            "r2": _round(r2_score(target, prediction)),
+            "rmse": _round(math.sqrt(mean_squared_error(target, prediction))),
+        }
+    index = np.array([list(classes).index(v) for v in target.tolist()]) if classes is not None else target
+    probabilities = np.clip(np.asarray(prediction, dtype=np.float64), 1e-15, 1.0)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+    labels = list(range(probabilities.shape[1]))
+    return {
+        "accuracy": _round(accuracy_score(index, np.argmax(probabilities, axis=1))),
+        "log_loss": _round(log_loss(index, probabilities, labels=labels)),
+        "roc_auc": _auc(index, probabilities, labels),
+    }
+
+
+def format_table(report: dict) -> str:
+    """The hold-out table the CLI prints after a merge."""
+    names = CLASSIFICATION_METRICS if report["task"] == "classification" else REGRESSION_METRICS
+    rows = [("model", *names)]
+    for name, values in report["metrics"].items():
+        rows.append((name, *(_cell(values.get(n)) for n in names)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        f"hold-out: {report['rows']['holdout']} of {report['rows']['holdout'] + report['rows']['train']} rows "
+        f"(seed {report['seed']}); head refit on all rows afterwards",
+    ]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))
+            )
+        )
+    return "\n".join(lines)
+
+
+def write_report(path: Path, fusion: dict) -> None:
+    """`--report`: the fusion metadata as JSON, written to a temp file and renamed into place."""
+    text = json.dumps(fusion, sort_keys=True, indent=2) + "\n"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _auc(index: np.ndarray, probabilities: np.ndarray, labels: list[int]) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    try:
+        if len(labels) == 2:
+            return _round(roc_auc_score(index, probabilities[:, 1]))
+        return _round(roc_auc_score(index, probabilities, multi_class="ovr", average="macro", labels=labels))
+    except ValueError:  # a class missing from the hold-out rows
+        return None
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -1,0 +1,60 @@
+"""Run the spliced sources over many rows in onnxruntime, batch by batch, with bounded memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+BATCH_ROWS = 65_536
+SCORE_FILE = "score.onnx"
+
+
+def score(
+    model: ir.Model,
+    outputs: Mapping[str, ir.Value],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    folder: Path,
+    batch_rows: int = BATCH_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """The given values of the spliced graph on every row of `feeds`.
+
+    Rules: the graph is saved once in `folder` with its weights in external data
+    (onnxruntime memory-maps them), run in batches of `batch_rows` so only one
+    batch of intermediate tensors exists at a time, and `progress` is told the
+    rows done after each batch. The model is left as it was.
+    """
+    path = save_with_outputs(model, list(outputs.values()), folder / SCORE_FILE)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [value.name for value in outputs.values()]
+    wanted = {i.name for i in session.get_inputs()}
+    total = len(next(iter(feeds.values())))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, total, batch_rows):
+        batch = {k: v[start : start + batch_rows] for k, v in feeds.items() if k in wanted}
+        for name, value in zip(names, session.run(names, batch)):
+            parts[name].append(value)
+        if progress is not None:
+            progress(min(batch_rows, total - start))
+    return {key: np.concatenate(parts[value.name]) for key, value in outputs.items()}
+
+
+def save_with_outputs(model: ir.Model, values: list[ir.Value], path: Path) -> Path:
+    """Save `model` exposing `values` as its outputs, then restore its own outputs."""
+    graph = model.graph
+    original = list(graph.outputs)
+    graph.outputs.clear()
+    graph.outputs.extend(dict.fromkeys(values))
+    try:
+        ir.save(model, path, external_data=path.with_suffix(".data").name, size_threshold_bytes=1024)
+    finally:
+        graph.outputs.clear()
+        graph.outputs.extend(original)
+    return path

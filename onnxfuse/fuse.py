@@ -17,6 +17,7 @@ from onnxfuse.train import TrainedHead
 
 PREFIX = "fusion/"
 CONTRACT_OUTPUTS = ("label", "probabilities", "prediction")
+_KINDS = {"classification": "classifier", "regression": "regressor", "scores": "model of unlabeled scores"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +33,7 @@ def common_task(roles: Sequence[OutputRole]) -> str:
     """mean / vote / gate combine like with like: all classifiers or all regressors."""
     tasks = sorted({role.task for role in roles})
     if len(tasks) != 1:
-        kinds = ", ".join(
-            f"{r.model} is a {'classifier' if r.task == 'classification' else 'regressor'}" for r in roles
-        )
+        kinds = ", ".join(f"{r.model} is a {_KINDS[r.task]}" for r in roles)
         raise OnnxfuseError(f"cannot fuse classifiers with regressors without a stacking head ({kinds})")
     return tasks[0]
 
@@ -47,7 +46,9 @@ def check_sources_fit(roles: Sequence[OutputRole], method: str, task: str) -> No
         raise OnnxfuseError("--fusion vote needs classifiers; the target is a regression target (use mean or stack)")
     for role in roles:
         if role.task != task:
-            kind = "classifier" if role.task == "classification" else "regressor"
+            kind = {"classification": "classifier", "regression": "regressor"}.get(
+                role.task, "model of unlabeled scores"
+            )
             raise OnnxfuseError(
                 f"{role.model} is a {kind} but the target is {task}; --fusion {method} mixes like with like "
                 "(use --fusion stack)"
@@ -108,6 +109,8 @@ def fuse(
 def _signal(
     graph: ir.Graph, outputs: dict[str, ir.Value], role: OutputRole, classes, index: int, *, vote: bool
 ) -> ir.Value:
+    if role.task == "scores":
+        return _as_float(graph, outputs[role.prediction or ""], f"m{index}/scores_float")
     if role.task == "regression":
         value = _as_float(graph, outputs[role.prediction or ""], f"m{index}/prediction_float")
         shape = _constant(graph, f"m{index}/column_shape", np.array([-1, 1], dtype=np.int64))

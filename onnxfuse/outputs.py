@@ -25,11 +25,12 @@ class OutputRole:
     """Which output of a source is its label, probabilities or prediction."""
 
     model: str  # how messages name the source: `model 2 (b.onnx)`
-    task: str  # "classification" or "regression"
+    task: str  # "classification", "regression", or "scores" (unlabeled `[N, K]`: stacking only)
     label: str | None = None
     probabilities: str | None = None
     prediction: str | None = None
     classes: Classes | None = None
+    width: int | None = None  # columns of `prediction`: 1, or K for scores
 
 
 def output_role(model: NormalizedModel) -> OutputRole:
@@ -60,7 +61,10 @@ def output_role(model: NormalizedModel) -> OutputRole:
         )
     vectors = [n for n in floats if _rank(outputs[n]) in (1, None) or _last_dim(outputs[n]) == 1]
     if len(outputs) == 1 and len(vectors) == 1:
-        return OutputRole(model.source.label, "regression", prediction=vectors[0])
+        return OutputRole(model.source.label, "regression", prediction=vectors[0], width=1)
+    if len(outputs) == 1 and len(matrices) == 1 and _last_dim(outputs[matrices[0]]):
+        # logits or probabilities without labels (a torch.onnx export): a stacking head can read them
+        return OutputRole(model.source.label, "scores", prediction=matrices[0], width=_last_dim(outputs[matrices[0]]))
     raise OnnxfuseError(
         f"{model.source.label}: outputs {', '.join(sorted(outputs))} are neither a classifier's "
         "label and probabilities nor one regression prediction"
@@ -79,8 +83,8 @@ def class_placement(role: OutputRole, classes: Sequence) -> np.ndarray:
 
 def meta_columns(role: OutputRole, classes: Sequence | None) -> tuple[int, ...]:
     """The columns of a source's signal a stacking head reads (see heads.Signals)."""
-    if role.task == "regression":
-        return (0,)
+    if role.task != "classification":
+        return tuple(range(role.width or 1))
     if classes is None:  # a classifier feeding a regression stack: all its own columns
         return tuple(range(len(role.classes or ())))
     if len(classes) == 2:

@@ -93,6 +93,11 @@ def _label_space(roles: Sequence[OutputRole], labelled: Labelled | None, spec: F
     if labelled is not None:
         return labelled.task, labelled.classes
     task = common_task(roles)
+    if task == "scores":
+        raise OnnxfuseError(
+            f"{next(r.model for r in roles if r.task == 'scores')} outputs scores without class labels; "
+            "give --data and --target and use --fusion stack"
+        )
     if spec.task not in ("auto", task):
         raise OnnxfuseError(f"--task {spec.task}: the models are {task} models")
     return task, union_classes(roles) if task == "classification" else None
@@ -116,7 +121,8 @@ def _trained_head(
             scores.get(f"{i}/label", _argmax_labels(signal, labelled.classes)) for i, signal in enumerate(per_model)
         ]
         votes = Signals(tuple(one_hot(label, labelled.classes) for label in labels), signals.meta_columns)
-    return train_head(signals, labelled, options, votes=votes, names=names, target=spec.target)
+    named = [(name, role.task == labelled.task) for name, role in zip(names, roles)]
+    return train_head(signals, labelled, options, votes=votes, names=named, target=spec.target)
 
 
 def _argmax_labels(probabilities: np.ndarray, classes: tuple) -> np.ndarray:
@@ -126,7 +132,7 @@ def _argmax_labels(probabilities: np.ndarray, classes: tuple) -> np.ndarray:
 def _scored_outputs(spliced: Spliced, roles: Sequence[OutputRole], *, vote: bool) -> dict:
     wanted = {}
     for index, (outputs, role) in enumerate(zip(spliced.outputs, roles)):
-        if role.task == "regression":
+        if role.task != "classification":
             wanted[f"{index}/prediction"] = outputs[role.prediction]
             continue
         wanted[f"{index}/probabilities"] = outputs[role.probabilities]
@@ -139,8 +145,9 @@ def _signal_array(scores: dict, roles: Sequence[OutputRole], index: int, classes
     from onnxfuse.outputs import class_placement
 
     role = roles[index]
-    if role.task == "regression":
-        return scores[f"{index}/prediction"].astype(np.float32).reshape(-1, 1)
+    if role.task != "classification":
+        prediction = scores[f"{index}/prediction"].astype(np.float32)
+        return prediction.reshape(len(prediction), -1)
     probabilities = scores[f"{index}/probabilities"].astype(np.float32)
     return probabilities @ class_placement(role, classes) if classes is not None else probabilities
 

@@ -45,11 +45,14 @@ def train_head(
     options: HeadOptions,
     *,
     votes: Signals | None = None,
-    names: Sequence[str],
+    names: Sequence[tuple[str, bool]],
     target: str,
 ) -> TrainedHead:
     """Fit, report on the seeded (stratified) hold-out against every source and a
-    from-scratch baseline of the same family on the raw features, then refit on all rows."""
+    from-scratch baseline of the same family on the raw features, then refit on all rows.
+
+    `names` name each source and say whether its signal predicts the target itself
+    (a classifier for a classification target), so it gets metrics of its own."""
     features = labelled.feeds.get("features")
     if features is None and (options.passthrough or options.method == "gate"):
         raise OnnxfuseError(
@@ -110,13 +113,9 @@ def _fit(
 def _holdout_metrics(fitted, signals, head_signals, features, labelled, train, held, names) -> dict:
     task, classes, truth = labelled.task, labelled.classes, labelled.target[held]
     table = {}
-    for name, signal in zip(names, signals.per_model):
-        width_ok = signal.shape[1] == (len(classes) if classes else 1)
-        table[name] = (
-            metrics(task, truth, signal[held] if task == "classification" else signal[held, 0], classes)
-            if width_ok
-            else {}
-        )
+    for (name, comparable), signal in zip(names, signals.per_model):
+        own = signal[held] if task == "classification" else signal[held, 0]
+        table[name] = metrics(task, truth, own, classes) if comparable else {}
     table["fused"] = metrics(task, truth, predict(fitted, head_signals.take(held), _rows(features, held)), classes)
     if features is not None:
         family = fitted.options.meta if fitted.options.method == "stack" else "linear"

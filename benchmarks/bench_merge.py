@@ -8,7 +8,8 @@ waited for if higher):
     (a) floor onnx-ir: `ir.load` both sources, `ir.save` each to a new file with external data
     (b) floor onnxruntime: one InferenceSession of the fused file (prepacking off), one run on 64 rows
     (c) onnxfuse: the whole `onnxfuse merge A B --features a,b,c,d --features e,f,g,h --fusion mean -o OUT`
-    (d) onnxfuse compile stages only: load, normalize, bind, splice, fuse, stage, emit (no verify)
+    (d) onnxfuse compile stages only: what `pipeline.merge` calls for `--fusion mean` without
+        --data (load, normalize, bind, splice, fuse with equal weights, stage, emit), minus verify
 
 The two sources are generated first (deterministic, seeded numpy): MLP regressors built with
 onnx.helper at opset 21 / IR 10, input `X` float [N, 4], output `variable` float [N, 1], each
@@ -17,9 +18,8 @@ in a temporary folder that is deleted at the end (unless `--keep`).
 
 After one uncounted warm-up round, every measurement runs `--repeat` times, interleaved, each
 after `os.sync()`; the table shows medians. `wall` is the whole subprocess (interpreter start
-and imports included), `work` the part after the imports. The children run in the sources'
-folder: onnxfuse's load stage resolves external data against the current directory (see
-`Paths.workdir`).
+and imports included), `work` the part after the imports. The children run in the temporary
+folder's root, not beside the sources; every path given to them is absolute.
 
 Targets (PASS/MISS is printed, the exit status is 0 unless something fails):
 
@@ -95,16 +95,6 @@ class Paths:
     """Every file of one benchmark, inside the temporary folder."""
 
     root: Path
-
-    @property
-    def workdir(self) -> Path:
-        """Where the measured children run: the sources' folder (every path given to them is absolute).
-
-        onnxfuse's load stage checks each source with `onnx.checker.check_model(proto)`, which looks
-        for external data relative to the current directory; run elsewhere, every source with
-        external data is refused ("should be stored in a.data, but it is not regular file").
-        """
-        return self.root / "src"
 
     @property
     def sources(self) -> tuple[Path, Path]:
@@ -274,45 +264,67 @@ def child_merge(*argv: str) -> dict:
 
 
 def child_stages(a: str, b: str, out: str) -> dict:
-    """pipeline.merge without verify: load, normalize, bind, splice, fuse, then stage + emit."""
+    """pipeline.merge without verify, as the CLI calls it: `--fusion mean`, no --data.
+
+    The same functions in the same order: load, normalize, bind (with the output roles, the
+    label space and the fit check), splice, then inside the workspace the equal-weight head,
+    fuse and the metadata, stage and emit. Skipped: `verification_feeds` and `verify`.
+    """
     from onnxfuse import __version__
     from onnxfuse.bind import bind
+    from onnxfuse.data import column_names
     from onnxfuse.emit import check_output, emit, fused_metadata, stage, workspace
-    from onnxfuse.fuse import fuse
+    from onnxfuse.fuse import check_sources_fit, fuse
     from onnxfuse.load import load_model
     from onnxfuse.normalize import normalize
     from onnxfuse.outputs import output_role
-    from onnxfuse.pipeline import _describe_source
-    from onnxfuse.spec import ModelSpec
+    from onnxfuse.pipeline import _check_spec, _describe_source, _fusion_metadata, _label_space
+    from onnxfuse.spec import FuseSpec, ModelSpec
     from onnxfuse.splice import splice
+    from onnxfuse.train import HeadOptions, equal_weights
 
     clock = _Clock()
-    output = Path(out)
-    specs = [ModelSpec(path=Path(p), features=tuple(f.split(","))) for p, f in zip((a, b), FEATURES, strict=True)]
-    inputs = [s.path for s in specs]
-    check_output(output, inputs)
-    sources = tuple(load_model(spec, index) for index, spec in enumerate(specs, start=1))
+    models_spec = tuple(
+        ModelSpec(path=Path(p), features=tuple(f.split(","))) for p, f in zip((a, b), FEATURES, strict=True)
+    )
+    spec = FuseSpec(models=models_spec, output=Path(out), fusion="mean")
+    _check_spec(spec)
+    inputs = [m.path for m in spec.models]
+    check_output(spec.output, inputs)
+    sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))
     clock.mark("load")
-    models, versions = normalize(sources)
+    models, versions = normalize(sources, target_opset=spec.target_opset, max_ir_version=spec.max_ir_version)
     clock.mark("normalize")
-    binding = bind(models, data_columns=None)
+    binding = bind(models, data_columns=column_names(None))
     roles = [output_role(model) for model in models]
+    task, classes = _label_space(roles, None, spec)
+    check_sources_fit(roles, spec.fusion, task)
     clock.mark("bind")
     spliced = splice(models, binding, versions)
     clock.mark("splice")
-    fused = fuse(spliced, roles, method="mean")
-    metadata_props = fused_metadata(
-        features=binding.features,
-        classes=fused.classes,
-        sources=[_describe_source(s) for s in sources],
-        fusion={"method": fused.method, "task": fused.task, "weights": list(fused.weights)},
-        version=__version__,
-    )
-    clock.mark("fuse")
-    with workspace(output, inputs) as folder:
-        staged = stage(fused.model, folder, out=output, metadata=metadata_props)
+    options = HeadOptions(spec.fusion, spec.meta, spec.passthrough, spec.holdout, spec.seed)
+    with workspace(spec.output, inputs) as folder:
+        head = equal_weights(options, len(models))
+        fused = fuse(
+            spliced,
+            roles,
+            head,
+            task=task,
+            classes=classes,
+            versions=versions,
+            keep_model_outputs=spec.keep_model_outputs,
+        )
+        metadata = fused_metadata(
+            features=binding.features,
+            classes=fused.classes,
+            sources=[_describe_source(s) for s in sources],
+            fusion=_fusion_metadata(head),
+            version=__version__,
+        )
+        clock.mark("fuse")
+        staged = stage(fused.model, folder, out=spec.output, metadata=metadata)
         clock.mark("stage")
-        emit(staged, output)
+        emit(staged, spec.output)
         clock.mark("emit")
     return clock.report()
 
@@ -402,7 +414,7 @@ def _measure(paths: Paths, measurement: Measurement, run: int) -> Sample:
     if measurement.key in ("c", "d"):
         paths.fused(measurement.key, run).parent.mkdir(parents=True, exist_ok=True)
     os.sync()
-    return run_child(measurement.mode, measurement.args(run), paths.result(measurement.key, run), cwd=paths.workdir)
+    return run_child(measurement.mode, measurement.args(run), paths.result(measurement.key, run), cwd=paths.root)
 
 
 def check_outputs(paths: Paths, run: int, ort: Sample) -> dict:
@@ -530,7 +542,7 @@ def print_report(
         f"(c) and (d) wrote identical bytes: {all(c['same_bytes'] for c in checks)}; "
         f"(b) output {checks[0]['output_shape']} finite: {all(c['finite'] for c in checks)}"
     )
-    print(f"children run in {paths.workdir} (onnxfuse's load checks external data relative to the cwd)")
+    print(f"children run in {paths.root} (all their paths absolute; sources in {paths.sources[0].parent})")
     merge = measurements(paths)[2]
     print(f"merge command (first measured run): onnxfuse {shlex.join(merge.args(WARMUP))}")
     print_table(paths, samples)

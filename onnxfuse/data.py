@@ -168,6 +168,7 @@ def split_rows(labelled: Labelled, holdout: float, *, seed: int, target: str) ->
         values, counts = np.unique(stratify, return_counts=True)
         if counts.min() < 2:
             rare = values[int(np.argmin(counts))]
+            rare = rare.item() if isinstance(rare, np.generic) else rare
             raise OnnxfuseError(
                 f"column '{target}': class {rare!r} has {counts.min()} row(s); a stratified hold-out needs 2 or more"
             )

@@ -34,7 +34,9 @@ def common_task(roles: Sequence[OutputRole]) -> str:
     tasks = sorted({role.task for role in roles})
     if len(tasks) != 1:
         kinds = ", ".join(f"{r.model} is a {_KINDS[r.task]}" for r in roles)
-        raise OnnxfuseError(f"cannot fuse classifiers with regressors without a stacking head ({kinds})")
+        raise OnnxfuseError(
+            f"these sources need a stacking head ({kinds}); give --data and --target and use --fusion stack"
+        )
     return tasks[0]
 
 
@@ -189,9 +191,11 @@ def _stack_head(model: ir.Model, signals: list[ir.Value], head: TrainedHead, *, 
 
     width = sum(len(c) for c in head.meta_columns) + (len(head.standardizer.mean) if head.options.passthrough else 0)
     proto = to_onnx(
-        head.estimator, np.zeros((1, width), dtype=np.float32),
-        target_opset={"": versions.opset, ML: versions.ml_opset}, options={"zipmap": False},
-    )  # fmt: skip
+        head.estimator,
+        np.zeros((1, width), dtype=np.float32),
+        target_opset={"": versions.opset, ML: versions.ml_opset},
+        options={"zipmap": False} if task == "classification" else None,
+    )
     proto = unify_versions(proto, f"the --meta {head.options.meta} head", versions)
     outputs = attach(model, proto, prefix=f"{PREFIX}head/", inputs={proto.graph.input[0].name: meta})
     if task == "classification":

@@ -28,7 +28,7 @@ TRAINED = ("stack", "gate")
 
 @dataclasses.dataclass(frozen=True)
 class FuseResult:
-    """What was written, for the CLI's summary and report."""
+    """What was written, for the CLI's summary and report, and the fitted head for library users."""
 
     output: Path
     features: tuple[str, ...]
@@ -36,6 +36,7 @@ class FuseResult:
     task: str
     versions: Versions
     fusion: dict
+    head: TrainedHead
 
 
 def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None) -> FuseResult:
@@ -85,7 +86,7 @@ def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None)
         emit(staged, spec.output)
     if spec.report is not None:
         write_report(spec.report, metadata_fusion)
-    return FuseResult(spec.output, binding.features, fused.classes, fused.task, versions, metadata_fusion)
+    return FuseResult(spec.output, binding.features, fused.classes, fused.task, versions, metadata_fusion, head)
 
 
 def _label_space(roles: Sequence[OutputRole], labelled: Labelled | None, spec: FuseSpec) -> tuple[str, tuple | None]:

@@ -9,6 +9,8 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from onnxfuse.emit import save_external
+
 BATCH_ROWS = 65_536
 SCORE_FILE = "score.onnx"
 
@@ -53,7 +55,7 @@ def save_with_outputs(model: ir.Model, values: list[ir.Value], path: Path) -> Pa
     graph.outputs.clear()
     graph.outputs.extend(dict.fromkeys(values))
     try:
-        ir.save(model, path, external_data=path.with_suffix(".data").name, size_threshold_bytes=1024)
+        save_external(model, path, path.with_suffix(".data").name)
     finally:
         graph.outputs.clear()
         graph.outputs.extend(original)

@@ -324,7 +324,7 @@ def child_stages(a: str, b: str, out: str) -> dict:
         clock.mark("fuse")
         staged = stage(fused.model, folder, out=spec.output, metadata=metadata)
         clock.mark("stage")
-        emit(staged, spec.output)
+        emit(staged)
         clock.mark("emit")
     return clock.report()
 

@@ -16,6 +16,7 @@ from onnxfuse.errors import OnnxfuseError
 from onnxfuse.fuse import check_sources_fit, common_task, fuse, union_classes
 from onnxfuse.load import SourceModel, load_model
 from onnxfuse.normalize import Versions, normalize
+from onnxfuse.optimize import optimize
 from onnxfuse.outputs import OutputRole, meta_columns, output_role
 from onnxfuse.report import write_report
 from onnxfuse.spec import FuseSpec
@@ -40,7 +41,7 @@ class FuseResult:
 
 
 def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None) -> FuseResult:
-    """load -> normalize -> bind -> splice -> fuse (score, train) -> verify -> emit."""
+    """load -> normalize -> bind -> splice -> fuse (score, train) -> optimize -> verify -> emit."""
     _check_spec(spec)
     inputs = [m.path for m in spec.models] + ([spec.data] if spec.data else [])
     check_output(spec.output, inputs)
@@ -72,6 +73,8 @@ def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None)
             versions=versions,
             keep_model_outputs=spec.keep_model_outputs,
         )
+        if spec.optimize:
+            optimize(fused.model, keep=[value for outputs in spliced.outputs for value in outputs.values()])
         metadata_fusion = _fusion_metadata(head)
         metadata = fused_metadata(
             features=binding.features,

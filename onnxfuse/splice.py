@@ -54,12 +54,20 @@ def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versio
         }
         folder = normalized.source.path.resolve().parent
         outputs.append(attach(model, normalized.proto, prefix=prefix, inputs=feeds, base_dir=folder))
-    InlinePass()(model)
+    if model.functions:
+        InlinePass()(model)
+        outputs = _live_values(fused, outputs)
     for domain in list(fused.opset_imports):
         if domain not in STANDARD_DOMAINS:
             del fused.opset_imports[domain]
     model.opset_imports.update(fused.opset_imports)
     return Spliced(model=model, outputs=tuple(outputs))
+
+
+def _live_values(graph: ir.Graph, outputs: list[dict[str, ir.Value]]) -> list[dict[str, ir.Value]]:
+    """Inlining a call gives its outputs new Value objects of the same names: follow them."""
+    produced = {value.name: value for node in graph for value in node.outputs if value.name}
+    return [{key: produced.get(value.name, value) for key, value in model.items()} for model in outputs]
 
 
 def attach(

@@ -1,0 +1,331 @@
+"""Fused files from the real CLI give the same outputs in onnxruntime (Python), the ONNX reference
+evaluator, onnxruntime-node and onnxruntime-web (wasm backend under Node, one thread).
+
+Run with `tox -e portability` or `pytest -m portability tests/portability`. The npm packages are
+pinned in package.json / package-lock.json and installed with `npm ci` into a temporary copy of
+this folder, with onnxruntime-node's download step skipped (its CPU binaries ship in the package).
+Without node/npm the Node runtimes are skipped locally, and fail the run where CI is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm
+import numpy as np
+import onnx
+import onnxmltools
+import pytest
+import xgboost
+from conftest import columns_of, make_rows, ort_outputs, reference_outputs, run_cli, save, write_csv
+from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
+from skl2onnx import to_onnx
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+
+pytestmark = pytest.mark.portability
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+NPM_FILES = ("package.json", "package-lock.json", "run_model.mjs")
+RTOL = ATOL = 1e-5
+MIN_NODE = 20
+NPM_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 300
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str) -> None:
+    """No JavaScript runtime: a loud failure under CI, a skip with the reason elsewhere."""
+    if in_ci():
+        pytest.fail(f"CI is set but {reason}; the portability environment needs Node.js >= {MIN_NODE} and npm")
+    pytest.skip(f"{reason}; install Node.js >= {MIN_NODE} and npm to run onnxruntime-node/-web")
+
+
+# ---------------------------------------------------------------- the JavaScript side
+
+
+@dataclass(frozen=True)
+class NodeRunner:
+    node: str
+    folder: Path
+    versions: dict[str, str]
+
+    def run(self, backend: str, model: Path, feeds: dict[str, np.ndarray], scratch: Path) -> dict[str, np.ndarray]:
+        inputs = scratch / f"{model.stem}.inputs.json"
+        inputs.write_text(json.dumps({k: encode(v) for k, v in feeds.items()}, allow_nan=False))
+        done = subprocess.run(
+            [self.node, str(self.folder / "run_model.mjs"), backend, str(model), str(inputs)],
+            capture_output=True,
+            text=True,
+            cwd=self.folder,
+            timeout=RUN_TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"onnxruntime-{backend} could not run {model.name}:\n{done.stderr.strip()}")
+        return {name: decode(spec) for name, spec in json.loads(done.stdout).items()}
+
+
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # JSON has no literal for these
+
+
+def encode(array: np.ndarray) -> dict[str, object]:
+    array = np.asarray(array)
+    if array.dtype.kind in "OUS":
+        dtype, data = "string", [str(v) for v in array.ravel()]
+    elif array.dtype.kind == "f":
+        dtype = str(array.dtype)
+        data = [v if np.isfinite(v) else NON_FINITE[str(v)] for v in array.ravel().tolist()]
+    else:
+        dtype, data = str(array.dtype), array.ravel().tolist()
+    return {"dtype": dtype, "shape": list(array.shape), "data": data}
+
+
+def decode(spec: dict) -> np.ndarray:
+    dtype, dims, data = spec["dtype"], spec["dims"], spec["data"]
+    if dtype == "string":
+        return np.array(data, dtype=object).reshape(dims)
+    if dtype == "bool":
+        return np.array(data, dtype=np.uint8).astype(bool).reshape(dims)
+    values = [float(v) if isinstance(v, str) else v for v in data] if dtype.startswith("float") else data
+    return np.array(values, dtype=np.dtype(dtype)).reshape(dims)
+
+
+@pytest.fixture(scope="session")
+def npm_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeRunner]:
+    """`npm ci` of the pinned packages into a temporary copy of this folder; removed afterwards."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        unavailable(f"{'node' if node is None else 'npm'} is not on PATH")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < MIN_NODE:
+        unavailable(f"node is {version}")
+    folder = tmp_path_factory.mktemp("npm")
+    for name in NPM_FILES:
+        shutil.copy2(HERE / name, folder / name)
+    install = ["ci"] if (folder / "package-lock.json").exists() else ["install"]
+    # No download beyond the npm registry: onnxruntime-node's postinstall would fetch extra binaries.
+    env = {**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [npm, *install, "--no-audit", "--no-fund", "--prefer-offline"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=NPM_TIMEOUT_S,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"npm {install[0]} failed in {folder}:\n{done.stdout}\n{done.stderr}")
+    print(f"\nnpm {install[0]}: {time.perf_counter() - started:.1f} s")
+    probe = subprocess.run([node, "run_model.mjs", "versions"], cwd=folder, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.fail(f"onnxruntime-node/-web do not load after npm {install[0]}:\n{probe.stderr}")
+    versions = json.loads(probe.stdout)
+    print("runtimes: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    yield NodeRunner(node, folder, versions)
+    shutil.rmtree(folder / "node_modules", ignore_errors=True)  # ~440 MB; keep pytest's temp folders small
+
+
+# ---------------------------------------------------------------- fused files from the real CLI
+
+
+@dataclass(frozen=True)
+class Fused:
+    path: Path
+    feeds: dict[str, np.ndarray]
+
+
+def merge(out: Path, models: list[tuple[Path, str]], data: Path, *extra: str) -> Path:
+    args: list[object] = ["merge", *[p for p, _ in models]]
+    for _, cols in models:
+        args += ["--features", cols]
+    result = run_cli(*args, "--data", data, "--target", "y", "-o", out, *extra)
+    assert result.exit_code == 0, f"onnxfuse merge failed ({result.exit_code}):\n{result.output}"
+    return out
+
+
+def unseen_rows(columns: str, count: int = 256) -> dict[str, np.ndarray]:
+    """Rows none of the models or heads were trained on, in the fused input's column order."""
+    x = make_rows(count, seed=7)["x"]
+    return {"features": np.ascontiguousarray(x[:, columns_of(columns.split(","))])}
+
+
+def build_example(folder: Path) -> Fused:
+    """The README's example: models/a.onnx (random forest, ZipMap) + models/b.onnx, default stack head."""
+    out = merge(
+        folder / "example.onnx",
+        [(REPO / "models" / "a.onnx", "a,b"), (REPO / "models" / "b.onnx", "c,d")],
+        REPO / "models" / "train.csv",
+    )
+    table = np.loadtxt(REPO / "models" / "train.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    return Fused(out, {"features": np.ascontiguousarray(table[-256:, :4])})
+
+
+def build_three_exporters(folder: Path) -> Fused:
+    """skl2onnx (ZipMap) on a,b + LightGBM (onnxmltools) on b,c + XGBoost (onnxmltools) on c,d,e, 3 classes,
+    fused by a gradient-boosted stack head that also sees the raw features."""
+    rows = make_rows()
+    x, y = rows["x"], rows["y3"]
+    lr = LogisticRegression().fit(x[:, columns_of("ab")], y)
+    lgbm = lightgbm.LGBMClassifier(n_estimators=10, verbose=-1).fit(x[:, columns_of("bc")], y)
+    xgb = xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(x[:, columns_of("cde")], y)
+    models = [
+        (save(to_onnx(lr, x[:1, :2], target_opset=13), folder / "three_lr.onnx"), "a,b"),
+        (
+            save(
+                onnxmltools.convert_lightgbm(lgbm, initial_types=[("input", MLFloat([None, 2]))]),
+                folder / "three_lgbm.onnx",
+            ),
+            "b,c",
+        ),
+        (
+            save(
+                onnxmltools.convert_xgboost(xgb, initial_types=[("input", MLFloat([None, 3]))]),
+                folder / "three_xgb.onnx",
+            ),
+            "c,d,e",
+        ),
+    ]
+    data = write_csv(folder / "three.csv", rows, label="y3")
+    out = merge(folder / "three.onnx", models, data, "--fusion", "stack", "--meta", "gbdt", "--passthrough")
+    return Fused(out, unseen_rows("a,b,c,d,e"))
+
+
+def build_string_labels(folder: Path) -> Fused:
+    """String classes; each source knows two of the three, the stack head knows all of them."""
+    rows = make_rows()
+    x, ys = rows["x"], rows["ys"]
+    low_mid, mid_high = ys != "high", ys != "low"
+    first = LogisticRegression().fit(x[low_mid][:, columns_of("ab")], ys[low_mid])
+    second = DecisionTreeClassifier(max_depth=4, random_state=0).fit(x[mid_high][:, columns_of("de")], ys[mid_high])
+    models = [
+        (save(to_onnx(first, x[:1, :2]), folder / "strings_lm.onnx"), "a,b"),
+        (save(to_onnx(second, x[:1, :2]), folder / "strings_mh.onnx"), "d,e"),
+    ]
+    data = write_csv(folder / "strings.csv", rows, label="ys")
+    out = merge(folder / "strings.onnx", models, data, "--keep-model-outputs")
+    model = onnx.load(str(out))
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.STRING
+    return Fused(out, unseen_rows("a,b,d,e"))
+
+
+def build_regression(folder: Path) -> Fused:
+    """Three regressors (skl2onnx linear and forest, LightGBM) under an MLP stack head with passthrough."""
+    rows = make_rows()
+    x, y = rows["x"], rows["yr"]
+    linear = LinearRegression().fit(x[:, columns_of("ab")], y)
+    forest = RandomForestRegressor(n_estimators=4, max_depth=4, random_state=0).fit(x[:, columns_of("cde")], y)
+    lgbm = lightgbm.LGBMRegressor(n_estimators=8, verbose=-1).fit(x[:, columns_of("ae")], y)
+    models = [
+        (save(to_onnx(linear, x[:1, :2]), folder / "reg_linear.onnx"), "a,b"),
+        (save(to_onnx(forest, x[:1, :3], target_opset=18), folder / "reg_forest.onnx"), "c,d,e"),
+        (
+            save(onnxmltools.convert_lightgbm(lgbm, initial_types=[("X", MLFloat([None, 2]))]), folder / "lgbm.onnx"),
+            "a,e",
+        ),
+    ]
+    data = write_csv(folder / "reg.csv", rows, label="yr")
+    out = merge(folder / "reg.onnx", models, data, "--meta", "mlp", "--passthrough")
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["prediction"]
+    return Fused(out, unseen_rows("a,b,c,d,e"))
+
+
+def build_gate(folder: Path) -> Fused:
+    """A learned gate (mixture of experts) over two binary classifiers."""
+    rows = make_rows()
+    x, y = rows["x"], rows["y"]
+    first = LogisticRegression().fit(x[:, columns_of("ab")], y)
+    second = DecisionTreeClassifier(max_depth=4, random_state=0).fit(x[:, columns_of("cd")], y)
+    models = [
+        (save(to_onnx(first, x[:1, :2], options={"zipmap": False}), folder / "gate_ab.onnx"), "a,b"),
+        (save(to_onnx(second, x[:1, :2]), folder / "gate_cd.onnx"), "c,d"),
+    ]
+    data = write_csv(folder / "gate.csv", rows, label="y")
+    out = merge(folder / "gate.onnx", models, data, "--fusion", "gate")
+    return Fused(out, unseen_rows("a,b,c,d"))
+
+
+CASES: dict[str, Callable[[Path], Fused]] = {
+    "example": build_example,
+    "three-exporters-gbdt-passthrough": build_three_exporters,
+    "string-labels": build_string_labels,
+    "regression-mlp": build_regression,
+    "gate": build_gate,
+}
+
+
+@pytest.fixture(scope="session", params=list(CASES))
+def fused(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Fused:
+    return CASES[request.param](tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="session")
+def python_outputs(fused: Fused) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in ort_outputs(fused.path, fused.feeds).items()}
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def assert_same_outputs(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray], runtime: str) -> None:
+    assert list(actual) == list(expected), f"{runtime}: outputs {list(actual)} != {list(expected)}"
+    for name, want in expected.items():
+        got = np.asarray(actual[name])
+        where = f"{runtime}: output {name!r}"
+        if want.dtype.kind == "f":
+            assert got.dtype == want.dtype, f"{where} is {got.dtype}, Python onnxruntime gives {want.dtype}"
+            assert got.shape == want.shape, f"{where} has shape {got.shape}, Python onnxruntime {want.shape}"
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=where)
+        elif want.dtype.kind in "OUS":
+            assert got.shape == want.shape, f"{where} has shape {got.shape}, Python onnxruntime {want.shape}"
+            np.testing.assert_array_equal(got.astype(str), want.astype(str), err_msg=where)
+        else:
+            assert got.dtype == want.dtype, f"{where} is {got.dtype}, Python onnxruntime gives {want.dtype}"
+            assert got.shape == want.shape, f"{where} has shape {got.shape}, Python onnxruntime {want.shape}"
+            np.testing.assert_array_equal(got, want, err_msg=where)
+
+
+def test_reference_evaluator_matches_onnxruntime(fused: Fused, python_outputs):
+    actual = reference_outputs(fused.path, fused.feeds)
+    # The reference evaluator may keep a static-looking shape as given; compare values in the runtime's shape.
+    actual = {k: np.asarray(v).reshape(python_outputs[k].shape) for k, v in actual.items()}
+    assert_same_outputs(actual, python_outputs, "reference evaluator")
+
+
+@pytest.mark.parametrize("backend", ["node", "web"])
+def test_javascript_runtime_matches_onnxruntime(backend: str, fused: Fused, python_outputs, npm_runtime, tmp_path):
+    actual = npm_runtime.run(backend, fused.path, fused.feeds, tmp_path)
+    assert_same_outputs(actual, python_outputs, f"onnxruntime-{backend}")
+
+
+def test_installed_runtimes_are_the_pinned_ones(npm_runtime):
+    pinned = json.loads((HERE / "package.json").read_text())["dependencies"]
+    for name, version in pinned.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name} is not pinned to an exact version: {version}"
+        assert npm_runtime.versions[name] == version, f"{name}: {npm_runtime.versions[name]} loaded, {version} pinned"
+    lock = json.loads((HERE / "package-lock.json").read_text())
+    for name, version in pinned.items():
+        assert lock["packages"][f"node_modules/{name}"]["version"] == version, f"package-lock.json disagrees on {name}"
+
+
+def test_fused_files_use_only_what_the_npm_runtimes_load(fused: Fused):
+    """onnxruntime-node/-web 1.30 load at most IR 13, ai.onnx 26, ai.onnx.ml 5; standard domains only."""
+    model = onnx.load(str(fused.path))
+    opsets = {o.domain: o.version for o in model.opset_import}
+    assert model.ir_version <= 13
+    assert opsets.get("", 0) <= 26 and opsets.get("ai.onnx.ml", 0) <= 5
+    assert set(opsets) <= {"", "ai.onnx.ml"}
+    assert [i.name for i in model.graph.input] == list(fused.feeds)

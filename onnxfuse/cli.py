@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from onnxfuse import __version__
 from onnxfuse.errors import OnnxfuseError, VerificationError
-from onnxfuse.spec import FUSIONS, METAS, TASKS, FuseSpec, ModelSpec
+from onnxfuse.spec import FUSIONS, METAS, TASKS, FuseSpec, ModelSpec, read_spec
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -32,6 +34,8 @@ class _Group(click.Group):
             code = _fail(exc, str(exc), EXIT_USAGE)
         except VerificationError as exc:
             code = _fail(exc, f"verification failed, nothing written: {exc}", EXIT_INTERNAL)
+        except _Differs as exc:
+            code = _fail(exc, str(exc), EXIT_INTERNAL)
         except Exception as exc:
             code = _fail(exc, f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
         sys.exit(code or EXIT_OK)
@@ -69,35 +73,43 @@ def cli() -> None:
 @click.option("--ort", is_flag=True, help="Also write OUT.ort for mobile runtimes.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the hold-out report as JSON.")
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="Read the options from a TOML file.")
-def merge(
-    models: tuple[Path, ...], output: Path | None, features: tuple[str, ...], spec_file: Path | None, **options
-) -> None:
-    """Merge MODELS into one ONNX file (-o OUT.onnx)."""
+@click.pass_context
+def merge(ctx: click.Context, spec_file: Path | None, **flags) -> None:
+    """Merge MODELS into one ONNX file (-o OUT.onnx), or as a --spec file says."""
     from onnxfuse.pipeline import merge as run_merge
 
-    if spec_file is not None:
-        raise OnnxfuseError("--spec is not available yet; give the options as flags")
-    if output is None:
-        raise OnnxfuseError("missing -o/--output OUT.onnx")
-    if features and len(features) != len(models):
-        raise OnnxfuseError(
-            f"--features is given {len(features)} times for {len(models)} models; give it once per model"
-        )
-    specs = tuple(
-        ModelSpec(path=path, features=_columns(features[i]) if features else None) for i, path in enumerate(models)
-    )
-    optimize = not options.pop("no_optimize")
     with _Progress() as progress:
-        result = run_merge(FuseSpec(models=specs, output=output, optimize=optimize, **options), progress=progress)
+        result = run_merge(_fuse_spec(ctx, spec_file, flags), progress=progress)
     classes = f", {len(result.classes)} classes" if result.classes is not None else ""
     if result.fusion.get("holdout", {}).get("metrics"):
         from onnxfuse.report import format_table
 
         click.echo(format_table(result.fusion["holdout"]))
+    also = f" (and {result.output.with_suffix('.ort').name} for mobile)" if result.ort else ""
     click.echo(
-        f"wrote {result.output}: {len(result.features)} features, {result.task}{classes}, "
+        f"wrote {result.output}{also}: {len(result.features)} features, {result.task}{classes}, "
         f"ai.onnx {result.versions.opset}, ai.onnx.ml {result.versions.ml_opset}, IR {result.versions.ir_version}"
     )
+
+
+@cli.command(name="verify")
+@click.argument("fused", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data", type=click.Path(path_type=Path), help="Rows (.csv, .parquet, .npz) to compare on.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated rows without --data.")
+def verify_command(fused: Path, models: tuple[Path, ...], data: Path | None, seed: int) -> None:
+    """Re-check FUSED against its source MODELS: exit 0 equal, 1 differs, 2 bad input."""
+    from onnxfuse.reverify import reverify
+
+    try:
+        count = reverify(fused, models, data=data, seed=seed)
+    except VerificationError as exc:
+        raise _Differs(f"{fused} does not reproduce its sources: {exc}") from exc
+    click.echo(f"ok: {fused} reproduces its {count} sources")
+
+
+class _Differs(Exception):
+    """`verify` found a difference: exit 1 with one line, not an internal error."""
 
 
 @cli.command()
@@ -109,6 +121,28 @@ def inspect(model: Path, as_json: bool) -> None:
 
     info = describe(model)
     click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_text(info))
+
+
+def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseSpec:
+    """Flags, over the spec file's settings where a flag is given on the command line."""
+    given = {name for name in flags if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    settings = read_spec(spec_file) if spec_file is not None else {}
+    models, features = flags.pop("models"), flags.pop("features")
+    flags["optimize"] = not flags.pop("no_optimize")
+    if "no_optimize" in given:
+        given.add("optimize")
+    options = {name: value for name, value in flags.items() if value is not None}
+    options.update({name: value for name, value in settings.items() if name not in given and name != "models"})
+    specs = settings.get("models", ()) if not models else tuple(ModelSpec(path) for path in models)
+    if features:
+        if len(features) != len(specs):
+            raise OnnxfuseError(
+                f"--features is given {len(features)} times for {len(specs)} models; give it once per model"
+            )
+        specs = tuple(dataclasses.replace(s, features=_columns(f)) for s, f in zip(specs, features))
+    if options.get("output") is None:
+        raise OnnxfuseError("missing -o/--output OUT.onnx" + (" (or 'output' in the spec)" if spec_file else ""))
+    return FuseSpec(models=specs, **options)
 
 
 class _Progress:

@@ -28,11 +28,13 @@ def describe(path: Path) -> dict:
             if external_data_helper.uses_external_data(t)
         }
     )
+    opsets = {(o.domain or "ai.onnx"): o.version for o in sorted(proto.opset_import, key=lambda o: o.domain)}
     ops = Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in iter_model_nodes(proto))
     return {
         "file": str(path),
         "ir_version": proto.ir_version,
-        "opsets": {(o.domain or "ai.onnx"): o.version for o in sorted(proto.opset_import, key=lambda o: o.domain)},
+        "opsets": opsets,
+        "oldest_onnxruntime": oldest_onnxruntime(proto.ir_version, opsets),
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "inputs": [_value(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}],
         "outputs": [_value(v) for v in proto.graph.output],
@@ -43,6 +45,32 @@ def describe(path: Path) -> dict:
     }
 
 
+# onnxruntime release -> the newest IR version, ai.onnx and ai.onnx.ml opsets it loads: its
+# compatibility table for 1.14-1.20, and what 1.30 (npm) and 1.32 (PyPI) were measured to load.
+ONNXRUNTIME_LIMITS = (
+    ("1.14", 8, 18, 3), ("1.15", 9, 19, 3), ("1.16", 9, 19, 3), ("1.17", 9, 20, 4),
+    ("1.18", 10, 21, 4), ("1.19", 10, 21, 4), ("1.20", 10, 21, 4), ("1.30", 13, 26, 5), ("1.32", 14, 28, 5),
+)  # fmt: skip
+
+
+def oldest_onnxruntime(ir_version: int, opsets: dict[str, int]) -> str:
+    """The oldest onnxruntime release known to load a file of these versions."""
+    needed = (ir_version, opsets.get("ai.onnx", 0), opsets.get("ai.onnx.ml", 0))
+    for index, (release, *limits) in enumerate(ONNXRUNTIME_LIMITS):
+        if all(n <= limit for n, limit in zip(needed, limits)):
+            if index == 0:
+                return f"{release} or older"
+            previous = ONNXRUNTIME_LIMITS[index - 1][0]
+            gap = "" if _next_minor(previous) == release else f" (releases after {previous} not tabulated)"
+            return release + gap
+    return f"newer than {ONNXRUNTIME_LIMITS[-1][0]}"
+
+
+def _next_minor(release: str) -> str:
+    major, minor = release.split(".")
+    return f"{major}.{int(minor) + 1}"
+
+
 def format_text(info: dict) -> str:
     """The human-readable form of `describe`."""
     lines = [
@@ -50,6 +78,7 @@ def format_text(info: dict) -> str:
         f"producer: {info['producer'] or '-'}",
         f"IR version: {info['ir_version']}",
         "opsets: " + ", ".join(f"{d} {v}" for d, v in info["opsets"].items()),
+        f"oldest onnxruntime: {info['oldest_onnxruntime']}",
         "inputs:",
         *(f"  {v['name']}: {v['type']}" for v in info["inputs"]),
         "outputs:",

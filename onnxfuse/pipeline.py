@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from onnxfuse import __version__
-from onnxfuse.bind import bind
+from onnxfuse.bind import InputBinding, bind
 from onnxfuse.data import Labelled, column_names, labelled_rows, read_table, verification_feeds
 from onnxfuse.emit import check_output, emit, fused_metadata, stage, workspace
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.fuse import check_sources_fit, common_task, fuse, union_classes
 from onnxfuse.load import SourceModel, load_model
+from onnxfuse.mobile import write_ort
 from onnxfuse.normalize import Versions, normalize
 from onnxfuse.optimize import optimize
 from onnxfuse.outputs import OutputRole, meta_columns, output_role
@@ -38,6 +39,7 @@ class FuseResult:
     versions: Versions
     fusion: dict
     head: TrainedHead
+    ort: bool = False
 
 
 def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None) -> FuseResult:
@@ -79,17 +81,21 @@ def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None)
         metadata = fused_metadata(
             features=binding.features,
             classes=fused.classes,
-            sources=[_describe_source(s) for s in sources],
+            sources=[_describe_source(s, b) for s, b in zip(sources, binding.models)],
             fusion=metadata_fusion,
             version=__version__,
         )
         feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
         staged = stage(fused.model, folder, out=spec.output, metadata=metadata)
         verify(staged.view, models, binding, feeds=feeds)
+        if spec.ort:
+            staged = write_ort(staged, spec.output, feeds)
         emit(staged)
     if spec.report is not None:
         write_report(spec.report, metadata_fusion)
-    return FuseResult(spec.output, binding.features, fused.classes, fused.task, versions, metadata_fusion, head)
+    return FuseResult(
+        spec.output, binding.features, fused.classes, fused.task, versions, metadata_fusion, head, ort=spec.ort
+    )
 
 
 def _label_space(roles: Sequence[OutputRole], labelled: Labelled | None, spec: FuseSpec) -> tuple[str, tuple | None]:
@@ -175,6 +181,8 @@ def _names(sources: Sequence[SourceModel]) -> list[str]:
 def _check_spec(spec: FuseSpec) -> None:
     if len(spec.models) < 2:
         raise OnnxfuseError("merge needs at least two models")
+    if not 0 <= spec.holdout < 1:
+        raise OnnxfuseError(f"--holdout {spec.holdout}: give a fraction in [0, 1)")
     if spec.target and not spec.data:
         raise OnnxfuseError("--target needs --data")
     if spec.data and not spec.target and spec.fusion in TRAINED:
@@ -183,14 +191,15 @@ def _check_spec(spec: FuseSpec) -> None:
         raise OnnxfuseError(
             f"--fusion {spec.fusion} trains on data: give --data and --target (or use --fusion mean / vote)"
         )
-    if spec.ort:
-        raise OnnxfuseError("--ort is not available yet")
 
 
-def _describe_source(source: SourceModel) -> dict:
+def _describe_source(source: SourceModel, inputs: Sequence[InputBinding]) -> dict:
+    """What `onnxfuse verify` needs to re-check a source: its hash, opsets and the columns it reads."""
     opsets = {(o.domain or "ai.onnx"): o.version for o in source.proto.opset_import}
+    columns = [c for b in inputs for c in b.columns or ()]
     return {
         "name": source.name,
+        "features": columns if any(b.columns is not None for b in inputs) else None,
         "file": source.path.name,
         "sha256": source.sha256,
         "opset": dict(sorted(opsets.items())),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
+
+from onnxfuse.errors import OnnxfuseError
 
 FUSIONS = ("stack", "mean", "vote", "gate")
 METAS = ("linear", "mlp", "gbdt")
@@ -39,3 +42,88 @@ class FuseSpec:
     optimize: bool = True
     ort: bool = False
     report: Path | None = None
+
+
+SPEC_KEYS = (
+    "output", "data", "target", "fusion", "meta", "task", "passthrough", "holdout", "seed",
+    "target_opset", "max_ir_version", "keep_model_outputs", "no_optimize", "ort", "report", "model",
+)  # fmt: skip
+MODEL_KEYS = ("path", "features", "name")
+_PATH_KEYS = ("output", "data", "report")
+
+
+def read_spec(path: Path) -> dict:
+    """A `--spec` TOML file as FuseSpec keyword arguments, paths resolved against its folder.
+
+    Rules: top-level keys are the long flag names with `_` for `-`; one `[[model]]`
+    table per source with `path` and optionally `features` (a list of columns) and
+    `name`; an unknown key, a wrong type or a missing `path` is an error that says
+    which key and lists the known ones.
+    """
+    import tomllib
+
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OnnxfuseError(f"spec {path}: cannot read it ({exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise OnnxfuseError(f"spec {path}: not valid TOML ({exc})") from exc
+    _check_keys(raw, SPEC_KEYS, f"spec {path}")
+    folder = path.resolve().parent
+    options = {
+        key: (_under(folder, value) if key in _PATH_KEYS else value) for key, value in raw.items() if key != "model"
+    }
+    if "no_optimize" in options:
+        options["optimize"] = not options.pop("no_optimize")
+    _check_types(options, f"spec {path}")
+    tables = raw.get("model", [])
+    if not isinstance(tables, list):
+        raise OnnxfuseError(f"spec {path}: 'model' must be a list of [[model]] tables")
+    options["models"] = tuple(
+        _model_spec(table, folder, f"spec {path}: model {i}") for i, table in enumerate(tables, 1)
+    )
+    return options
+
+
+def _model_spec(table: object, folder: Path, where: str) -> ModelSpec:
+    if not isinstance(table, dict):
+        raise OnnxfuseError(f"{where}: must be a table with 'path'")
+    _check_keys(table, MODEL_KEYS, where)
+    if not isinstance(table.get("path"), str):
+        raise OnnxfuseError(f"{where}: needs 'path', a string")
+    features = table.get("features")
+    if features is not None and not (isinstance(features, list) and all(isinstance(f, str) and f for f in features)):
+        raise OnnxfuseError(f"{where}: 'features' must be a list of column names")
+    name = table.get("name")
+    if name is not None and not isinstance(name, str):
+        raise OnnxfuseError(f"{where}: 'name' must be a string")
+    return ModelSpec(_under(folder, table["path"]), tuple(features) if features is not None else None, name)
+
+
+def _under(folder: Path, value: object) -> Path:
+    """A path from the spec file, relative to the spec's folder (`..` collapsed for messages)."""
+    if not isinstance(value, str):
+        raise OnnxfuseError(f"spec in {folder}: paths must be strings, not {value!r}")
+    return Path(os.path.normpath(folder / value))
+
+
+_TYPES = {
+    "fusion": str, "meta": str, "task": str, "target": str, "passthrough": bool, "holdout": (int, float),
+    "seed": int, "target_opset": int, "max_ir_version": int, "keep_model_outputs": bool, "optimize": bool, "ort": bool,
+}  # fmt: skip
+_CHOICES = {"fusion": FUSIONS, "meta": METAS, "task": TASKS}
+
+
+def _check_types(options: dict, where: str) -> None:
+    for key, value in options.items():
+        wanted = _TYPES.get(key)
+        if wanted is not None and (not isinstance(value, wanted) or (wanted is int and isinstance(value, bool))):
+            raise OnnxfuseError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise OnnxfuseError(f"{where}: '{key}' must be one of {', '.join(_CHOICES[key])}, not '{value}'")
+
+
+def _check_keys(table: dict, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise OnnxfuseError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")

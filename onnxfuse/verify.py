@@ -37,8 +37,13 @@ def verify(
     binding: Binding,
     *,
     feeds: Mapping[str, np.ndarray],
+    scratch: Path | None = None,
 ) -> None:
     """Raise VerificationError unless the staged model is sound.
+
+    `scratch` is where a copy exposing the sources' outputs is written: beside
+    `staged` (external data resolves only below the model's folder), by default
+    `verify.onnx` in the staged model's folder.
 
     Rules: `check_model(full_check=True)` passes; nodes and opset imports use only
     ai.onnx / ai.onnx.ml; each spliced copy `m{i}/<output>` equals source i run
@@ -52,7 +57,7 @@ def verify(
     proto = onnx.load(str(staged), load_external_data=False)
     _check_portable(proto)
     names = [f"m{i}/{o.name}" for i, m in enumerate(models, start=1) for o in m.proto.graph.output]
-    verify_path = _with_model_outputs(proto, staged.parent, names)
+    verify_path = _with_model_outputs(proto, scratch or staged.parent / VERIFY_FILE, names)
     fused = run_onnxruntime(verify_path, feeds)
     for index, model in enumerate(models, start=1):
         expected = run_source(model, binding.models[index - 1], binding, feeds)
@@ -60,10 +65,10 @@ def verify(
         if not kept:
             raise VerificationError(f"no output of model {index} is left in the fused graph")
         for name, value in kept.items():
-            _compare(f"m{index}/{name}", fused[f"m{index}/{name}"], value, SOURCE_TOLERANCE, f"model {index} alone")
+            compare(f"m{index}/{name}", fused[f"m{index}/{name}"], value, SOURCE_TOLERANCE, f"model {index} alone")
     reference = run_reference(verify_path, feeds)
     for name, value in fused.items():
-        _compare(name, reference[name], value, REFERENCE_TOLERANCE, "onnxruntime vs the reference evaluator")
+        compare(name, reference[name], value, REFERENCE_TOLERANCE, "onnxruntime vs the reference evaluator")
 
 
 def session_options() -> ort.SessionOptions:
@@ -140,19 +145,18 @@ def _check_portable(proto: onnx.ModelProto) -> None:
         raise VerificationError("the fused model still holds local functions")
 
 
-def _with_model_outputs(proto: onnx.ModelProto, folder: Path, names: Sequence[str]) -> Path:
+def _with_model_outputs(proto: onnx.ModelProto, path: Path, names: Sequence[str]) -> Path:
     """A copy of the staged model that also outputs the `m{i}/` source outputs it still computes.
 
     Optimizing removes source outputs nothing reads (e.g. a label the head ignores)."""
     known = {v.name: v for v in proto.graph.value_info}
     present = {o.name for o in proto.graph.output}
     proto.graph.output.extend(known[name] for name in names if name not in present and name in known)
-    path = folder / VERIFY_FILE
     onnx.save(proto, str(path))
     return path
 
 
-def _compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance, what: str) -> None:
+def compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance, what: str) -> None:
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.size == expected.size:
         actual = actual.reshape(expected.shape)

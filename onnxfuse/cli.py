@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from onnxfuse import __version__
 from onnxfuse.errors import OnnxfuseError, VerificationError
 from onnxfuse.spec import FUSIONS, METAS, TASKS, FuseSpec, ModelSpec, read_spec
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Group(click.Group):
@@ -28,8 +29,8 @@ class _Group(click.Group):
             code = exc.exit_code
         except click.ClickException as exc:
             code = _fail(exc, exc.format_message(), EXIT_USAGE)
-        except click.Abort as exc:
-            code = _fail(exc, "interrupted", EXIT_INTERNAL)
+        except (click.Abort, KeyboardInterrupt) as exc:
+            code = _fail(exc, "interrupted; nothing written", EXIT_INTERRUPTED)
         except OnnxfuseError as exc:
             code = _fail(exc, str(exc), EXIT_USAGE)
         except VerificationError as exc:
@@ -177,4 +178,10 @@ def _columns(text: str) -> tuple[str, ...]:
 
 
 def main() -> None:
+    """The console script: SIGTERM unwinds like Ctrl-C, so temporary files are removed on the way out."""
+    signal.signal(signal.SIGTERM, _interrupt)
     cli()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -65,7 +65,7 @@ def cli() -> None:
 @click.option("--meta", type=click.Choice(METAS), default="linear", show_default=True)
 @click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True)
 @click.option("--passthrough", is_flag=True, help="The fusion head also sees the raw features.")
-@click.option("--holdout", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
+@click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--target-opset", type=click.IntRange(1), help="ai.onnx opset of the output.")
 @click.option("--max-ir-version", type=click.IntRange(3), help="Refuse to write a higher IR version.")

@@ -35,7 +35,8 @@ def write_ort(staged: Staged, out: Path, feeds: Mapping[str, np.ndarray]) -> Sta
         raise OnnxfuseError("--ort: the fused model is over 2 GB, which the ORT format cannot hold; drop --ort")
     folder = packed.parent / "ort"
     onnxruntime.set_default_logger_severity(3)
-    logging.getLogger("ort_format_model").setLevel(logging.WARNING)  # its INFO lines name our temp files
+    for name in ("ort_format_model", "ort_format_model.utils"):  # their INFO lines name our temp files
+        logging.getLogger(name).setLevel(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):
         convert_onnx_models_to_ort(packed, output_dir=folder, optimization_styles=[OptimizationStyle.Runtime])
     converted = folder / f"{packed.stem}.with_runtime_opt.ort"

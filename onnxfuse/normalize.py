@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -36,6 +37,7 @@ class NormalizedModel:
     source: SourceModel
     proto: onnx.ModelProto
     zipmap_classes: dict[str, tuple[int, ...] | tuple[str, ...]]
+    lowered_from: int | None = None  # the source's ai.onnx opset when --target-opset converted it down
 
 
 def normalize(
@@ -120,10 +122,12 @@ def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
     proto = onnx.ModelProto()
     proto.CopyFrom(source.proto)
     _densify_sparse_initializers(proto.graph)
+    original = _opset(proto, "")
+    proto = unify_versions(proto, source.label, versions)  # before the ZipMap cut: Identity has no down-adapter
     classes = _strip_zipmap(proto, source.label)
-    proto = unify_versions(proto, source.label, versions)
     _relax_batch_dims(proto.graph)
-    return NormalizedModel(source=source, proto=proto, zipmap_classes=classes)
+    lowered = original if original is not None and original > versions.opset else None
+    return NormalizedModel(source=source, proto=proto, zipmap_classes=classes, lowered_from=lowered)
 
 
 def unify_versions(proto: onnx.ModelProto, label: str, versions: Versions) -> onnx.ModelProto:
@@ -237,8 +241,18 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.Mode
             proto = onnx.inliner.inline_local_functions(proto)
         return version_converter.convert_version(proto, target)
     except (RuntimeError, ValueError, onnx.checker.ValidationError, version_converter.ConvertError) as exc:
-        reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
-        raise OnnxfuseError(f"{label}: cannot convert ai.onnx opset {source} to {target}: {reason}") from exc
+        raise OnnxfuseError(f"{label}: cannot convert ai.onnx opset {source} to {target}: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The converter's assertion text, cut down to the op that blocks it and what to do."""
+    text = " ".join(str(exc).split())
+    match = re.search(r"No Previous Version of (\w+)|No Adapter (?:From|To) Version \$?(\d+) for (\w+)", text)
+    if match and match.group(1):
+        return f"op {match.group(1)} has no version that old; use a higher --target-opset"
+    if match:
+        return f"op {match.group(3)} (version {match.group(2)}) has no converter; use another --target-opset"
+    return text.rsplit("failed:", 1)[-1].strip()[:300] or type(exc).__name__
 
 
 def _set_opset_imports(proto: onnx.ModelProto, versions: Versions) -> None:

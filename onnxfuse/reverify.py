@@ -74,9 +74,14 @@ def _match_by_hash(sources: list[dict], models: Sequence[Path], fused: Path) -> 
         match = [path for path, digest in hashes.items() if digest == entry["sha256"]]
         if not match:
             unmatched = [p.name for p, d in hashes.items() if d not in {s["sha256"] for s in sources}]
+            given = (
+                f"these differ from every recorded source: {', '.join(unmatched)}"
+                if unmatched
+                else f"the files given ({', '.join(p.name for p in models)}) repeat another source"
+            )
             raise VerificationError(
                 f"source {index} of {fused.name} ('{entry.get('file', '?')}', sha256 {entry['sha256'][:12]}…) "
-                f"is not among the given files; these differ from every recorded source: {', '.join(unmatched)}"
+                f"is not among the given files; {given}"
             )
         ordered.append(match[0])
     return ordered

@@ -71,7 +71,9 @@ def read_spec(path: Path) -> dict:
     _check_keys(raw, SPEC_KEYS, f"spec {path}")
     folder = path.resolve().parent
     options = {
-        key: (_under(folder, value) if key in _PATH_KEYS else value) for key, value in raw.items() if key != "model"
+        key: (_under(folder, value, f"spec {path}: '{key}'") if key in _PATH_KEYS else value)
+        for key, value in raw.items()
+        if key != "model"
     }
     if "no_optimize" in options:
         options["optimize"] = not options.pop("no_optimize")
@@ -97,13 +99,13 @@ def _model_spec(table: object, folder: Path, where: str) -> ModelSpec:
     name = table.get("name")
     if name is not None and not isinstance(name, str):
         raise OnnxfuseError(f"{where}: 'name' must be a string")
-    return ModelSpec(_under(folder, table["path"]), tuple(features) if features is not None else None, name)
+    return ModelSpec(_under(folder, table["path"], where), tuple(features) if features is not None else None, name)
 
 
-def _under(folder: Path, value: object) -> Path:
+def _under(folder: Path, value: object, where: str) -> Path:
     """A path from the spec file, relative to the spec's folder (`..` collapsed for messages)."""
     if not isinstance(value, str):
-        raise OnnxfuseError(f"spec in {folder}: paths must be strings, not {value!r}")
+        raise OnnxfuseError(f"{where}: a path must be a string, not {value!r}")
     return Path(os.path.normpath(folder / value))
 
 

@@ -13,7 +13,7 @@ from onnx import external_data_helper, helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxfuse.bind import FEATURES, Binding
-from onnxfuse.errors import VerificationError
+from onnxfuse.errors import OnnxfuseError, VerificationError
 from onnxfuse.normalize import STANDARD_DOMAINS, NormalizedModel, iter_model_nodes
 
 VERIFY_FILE = "verify.onnx"
@@ -65,7 +65,16 @@ def verify(
         if not kept:
             raise VerificationError(f"no output of model {index} is left in the fused graph")
         for name, value in kept.items():
-            compare(f"m{index}/{name}", fused[f"m{index}/{name}"], value, SOURCE_TOLERANCE, f"model {index} alone")
+            try:
+                compare(f"m{index}/{name}", fused[f"m{index}/{name}"], value, SOURCE_TOLERANCE, f"model {index} alone")
+            except VerificationError as exc:
+                if model.lowered_from is None:
+                    raise
+                target = next(o.version for o in model.proto.opset_import if o.domain == "")
+                raise OnnxfuseError(
+                    f"{model.source.label}: onnx.version_converter changed its outputs converting ai.onnx "
+                    f"{model.lowered_from} down to {target} ({exc}); use a higher --target-opset"
+                ) from exc
     reference = run_reference(verify_path, feeds)
     for name, value in fused.items():
         compare(name, reference[name], value, REFERENCE_TOLERANCE, "onnxruntime vs the reference evaluator")

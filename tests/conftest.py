@@ -113,3 +113,16 @@ def assert_checker_and_portable(path: Path) -> onnx.ModelProto:
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx.ml"}
     assert not model.functions
     return model
+
+
+def assert_one_error_line(result: Result, *culprits: str, code: int = 2) -> str:
+    """The CLI failed with `code`: exactly one `error: ...` line naming every culprit, no traceback."""
+    shown = f"exit {result.exit_code}\nstdout: {result.stdout!r}\nstderr: {result.stderr!r}"
+    assert result.exit_code == code, shown
+    assert "Traceback" not in result.stdout + result.stderr, shown
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, shown
+    assert lines[0].startswith("error: "), shown
+    for culprit in culprits:
+        assert culprit in lines[0], f"{culprit!r} not named: {lines[0]!r}"
+    return lines[0]

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
-from conftest import COLUMNS, columns_of, run_cli, save, write_csv
+from click.testing import CliRunner
+from conftest import COLUMNS, assert_one_error_line, columns_of, run_cli, save, write_csv
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
@@ -169,18 +169,6 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 def leftovers(folder: Path) -> list[str]:
     """Temp files or folders a merge left in OUT's folder (emit.workspace makes `.OUT.*.tmp`)."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp"))
-
-
-def assert_one_error_line(result: Result, *culprits: str) -> str:
-    shown = f"exit {result.exit_code}\nstdout: {result.stdout!r}\nstderr: {result.stderr!r}"
-    assert result.exit_code == 2, shown
-    assert "Traceback" not in result.stdout + result.stderr, shown
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, shown
-    assert lines[0].startswith("error: "), shown
-    for culprit in culprits:
-        assert culprit in lines[0], f"{culprit!r} not named: {lines[0]!r}"
-    return lines[0]
 
 
 MISTAKES = [

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -24,7 +28,8 @@ class _Group(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _quiet_libraries():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
             code = exc.exit_code
         except click.ClickException as exc:
@@ -40,6 +45,22 @@ class _Group(click.Group):
         except Exception as exc:
             code = _fail(exc, f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
         sys.exit(code or EXIT_OK)
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Library warnings (scikit-learn convergence, onnxscript's folder) are noise on a console
+    that promises one line per failure; ONNXFUSE_DEBUG=1 shows them."""
+    if os.environ.get("ONNXFUSE_DEBUG") == "1":
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def _fail(exc: BaseException, message: str, code: int) -> int:

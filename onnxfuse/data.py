@@ -31,7 +31,8 @@ def read_table(path: Path) -> Table:
             table = _read_npz(path)
         elif suffix in (".csv", ".parquet", ".pq"):
             arrow = pa_csv.read_csv(path) if suffix == ".csv" else pq.read_table(path)
-            table = {name: _to_numpy(arrow.column(name)) for name in arrow.column_names}
+            _refuse_repeated_columns(arrow.column_names, path)
+            table = {name: _to_numpy(column) for name, column in zip(arrow.column_names, arrow.columns)}
         else:
             raise OnnxfuseError(f"data {path}: unknown format '{suffix}'; use .csv, .parquet or .npz")
     except (pa.ArrowException, OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -42,6 +43,14 @@ def read_table(path: Path) -> Table:
     if len(lengths) > 1:
         raise OnnxfuseError(f"data {path}: arrays have different numbers of rows ({sorted(lengths)})")
     return table
+
+
+def _refuse_repeated_columns(names: list[str], path: Path) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise OnnxfuseError(f"data {path}: column '{name}' appears more than once")
+        seen.add(name)
 
 
 def require_column(table: Table, column: str, path: Path) -> np.ndarray:
@@ -136,6 +145,9 @@ class Labelled:
     def rows(self) -> int:
         return len(self.target)
 
+    def take(self, rows: np.ndarray) -> Labelled:
+        return dataclasses.replace(self, feeds=take(self.feeds, rows), target=self.target[rows])
+
 
 def labelled_rows(table: Table, binding: Binding, path: Path, *, target: str, task: str = "auto") -> Labelled:
     """Feeds for every row plus a checked target.
@@ -186,8 +198,10 @@ def take(feeds: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndar
 def _task_of(values: np.ndarray, task: str, target: str, path: Path) -> str:
     if values.dtype.kind in "fc" and not np.isfinite(values.astype(np.float64)).all():
         raise OnnxfuseError(f"data {path}: column '{target}' holds NaN or infinite values")
-    if values.dtype == object and any(v is None or v == "" for v in values):
+    if values.dtype == object and any(v is None or (isinstance(v, str) and not v) for v in values):
         raise OnnxfuseError(f"data {path}: column '{target}' has missing values")
+    if values.dtype == object and not all(isinstance(v, str | int | float | bool | np.generic) for v in values):
+        raise OnnxfuseError(f"data {path}: column '{target}' holds lists or other nested values, not labels")
     if task != "auto":
         if task == "regression" and values.dtype.kind not in "biuf":
             raise OnnxfuseError(f"data {path}: --task regression but column '{target}' is not numeric")

@@ -100,7 +100,7 @@ def _type_text(type_proto: onnx.TypeProto) -> str:
     kind = type_proto.WhichOneof("value")
     if kind == "tensor_type":
         tensor = type_proto.tensor_type
-        dtype = helper.tensor_dtype_to_string(tensor.elem_type).removeprefix("TensorProto.").lower()
+        dtype = _dtype_name(tensor.elem_type)
         if not tensor.HasField("shape"):
             return f"{dtype}[?]"
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
@@ -108,9 +108,16 @@ def _type_text(type_proto: onnx.TypeProto) -> str:
     if kind == "sequence_type":
         return f"seq({_type_text(type_proto.sequence_type.elem_type)})"
     if kind == "map_type":
-        key = helper.tensor_dtype_to_string(type_proto.map_type.key_type).removeprefix("TensorProto.").lower()
+        key = _dtype_name(type_proto.map_type.key_type)
         return f"map({key}, {_type_text(type_proto.map_type.value_type)})"
     return kind or "?"
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return helper.tensor_dtype_to_string(elem_type).removeprefix("TensorProto.").lower()
+    except (KeyError, ValueError):
+        return f"unknown({elem_type})"
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:

@@ -6,8 +6,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -38,13 +38,28 @@ def data_name(out: Path) -> str:
 
 @contextlib.contextmanager
 def workspace(out: Path, inputs: list[Path]) -> Iterator[Path]:
-    """A temp folder in OUT's folder (so `os.replace` is atomic), removed whatever happens."""
+    """A temp folder in OUT's folder (so `os.replace` is atomic), removed whatever happens.
+
+    The name is chosen first and the folder made inside the `try`, so an interrupt
+    landing right after it exists still removes it; a name someone else holds is
+    never touched.
+    """
     check_output(out, inputs)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    for _ in range(100):
+        folder = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+        mine = True
+        try:
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                mine = False
+                continue
+            yield folder
+            return
+        finally:
+            if mine:
+                shutil.rmtree(folder, ignore_errors=True)
+    raise OnnxfuseError(f"output {out}: cannot make a temporary folder in {out.parent}")
 
 
 def stage(model: ir.Model, folder: Path, *, out: Path, metadata: Mapping[str, str]) -> Staged:

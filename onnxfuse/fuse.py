@@ -197,7 +197,8 @@ def _stack_head(model: ir.Model, signals: list[ir.Value], head: TrainedHead, *, 
         options={"zipmap": False} if task == "classification" else None,
     )
     proto = unify_versions(proto, f"the --meta {head.options.meta} head", versions)
-    outputs = attach(model, proto, prefix=f"{PREFIX}head/", inputs={proto.graph.input[0].name: meta})
+    label = f"the --meta {head.options.meta} head"
+    outputs = attach(model, proto, prefix=f"{PREFIX}head/", inputs={proto.graph.input[0].name: meta}, label=label)
     if task == "classification":
         label, probabilities = outputs["label"], outputs["probabilities"]
         label.name, probabilities.name = "label", "probabilities"

@@ -104,7 +104,10 @@ def _check_external_data(proto: onnx.ModelProto, path: Path, label: str) -> None
     for tensor in external_data_helper._get_all_tensors(proto):
         if not external_data_helper.uses_external_data(tensor):
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
+        try:
+            info = external_data_helper.ExternalDataInfo(tensor)
+        except (ValueError, TypeError) as exc:
+            raise OnnxfuseError(f"{label}: tensor '{tensor.name}' has invalid external-data fields ({exc})") from exc
         where = f"{label}: tensor '{tensor.name}' external data '{info.location}'"
         target = _safe_location(folder, info.location, where)
         size = target.stat().st_size

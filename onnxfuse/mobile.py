@@ -34,7 +34,7 @@ def write_ort(staged: Staged, out: Path, feeds: Mapping[str, np.ndarray]) -> Sta
     if not packed.is_file():
         raise OnnxfuseError("--ort: the fused model is over 2 GB, which the ORT format cannot hold; drop --ort")
     folder = packed.parent / "ort"
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(4)
     for name in ("ort_format_model", "ort_format_model.utils"):  # their INFO lines name our temp files
         logging.getLogger(name).setLevel(logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()):

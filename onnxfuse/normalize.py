@@ -240,7 +240,10 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.Mode
         if proto.functions:
             proto = onnx.inliner.inline_local_functions(proto)
         return version_converter.convert_version(proto, target)
-    except (RuntimeError, ValueError, onnx.checker.ValidationError, version_converter.ConvertError) as exc:
+    except (
+        RuntimeError, ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
+        version_converter.ConvertError,
+    ) as exc:  # fmt: skip
         raise OnnxfuseError(f"{label}: cannot convert ai.onnx opset {source} to {target}: {_reason(exc)}") from exc
 
 

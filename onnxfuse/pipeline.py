@@ -23,7 +23,7 @@ from onnxfuse.report import write_report
 from onnxfuse.spec import FuseSpec
 from onnxfuse.splice import Spliced, splice
 from onnxfuse.train import HeadOptions, TrainedHead, equal_weights
-from onnxfuse.verify import verify
+from onnxfuse.verify import blaming, verify
 
 TRAINED = ("stack", "gate")
 
@@ -52,6 +52,12 @@ def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None)
     table = read_table(spec.data) if spec.data else None
     sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))
     models, versions = normalize(sources, target_opset=spec.target_opset, max_ir_version=spec.max_ir_version)
+    with blaming(models):
+        return _compile(spec, sources, models, versions, table=table, inputs=inputs, progress=progress)
+
+
+def _compile(spec: FuseSpec, sources, models, versions: Versions, *, table, inputs, progress) -> FuseResult:
+    """bind -> splice -> fuse (score, train) -> optimize -> verify -> emit, for `merge`."""
     binding = bind(models, data_columns=column_names(table))
     roles = [output_role(model) for model in models]
     labelled = labelled_rows(table, binding, spec.data, target=spec.target, task=spec.task) if spec.target else None

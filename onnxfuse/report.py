@@ -42,9 +42,12 @@ def format_table(report: dict) -> str:
     for name, values in report["metrics"].items():
         rows.append((name, *(_cell(values.get(n)) for n in names)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    counts = report["rows"]
+    skipped = counts.get("skipped_not_finite", 0)
+    left_out = f"; {skipped} rows with NaN or infinite source outputs or features left out" if skipped else ""
     lines = [
-        f"hold-out: {report['rows']['holdout']} of {report['rows']['holdout'] + report['rows']['train']} rows "
-        f"(seed {report['seed']}); head refit on all rows afterwards",
+        f"hold-out: {counts['holdout']} of {counts['holdout'] + counts['train']} rows "
+        f"(seed {report['seed']}); head refit on all rows afterwards{left_out}",
     ]
     for row in rows:
         lines.append(

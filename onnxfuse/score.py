@@ -33,7 +33,7 @@ def score(
     """
     path = save_with_outputs(model, list(outputs.values()), folder / SCORE_FILE)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach us as exceptions; no C++ log lines on stderr
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # measured faster on a busy machine
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [value.name for value in outputs.values()]

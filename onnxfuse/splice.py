@@ -12,6 +12,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass
 
 from onnxfuse.bind import FEATURES, Binding, InputBinding
+from onnxfuse.errors import OnnxfuseError
 from onnxfuse.normalize import BATCH_DIM, ML, STANDARD_DOMAINS, NormalizedModel, Versions
 
 GRAPH_NAME = "onnxfuse"
@@ -53,7 +54,8 @@ def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versio
             for b in bindings
         }
         folder = normalized.source.path.resolve().parent
-        outputs.append(attach(model, normalized.proto, prefix=prefix, inputs=feeds, base_dir=folder))
+        label = normalized.source.label
+        outputs.append(attach(model, normalized.proto, prefix=prefix, inputs=feeds, label=label, base_dir=folder))
     if model.functions:
         InlinePass()(model)
         outputs = _live_values(fused, outputs)
@@ -76,16 +78,20 @@ def attach(
     *,
     prefix: str,
     inputs: dict[str, ir.Value],
+    label: str,
     base_dir: Path | None = None,
 ) -> dict[str, ir.Value]:
     """Add a copy of `proto`'s graph to `model` under `prefix`, its inputs read from `inputs`.
 
     Returns the attached graph's outputs by their original names.
     """
-    source = ir.serde.deserialize_model(_copy(proto))
+    try:
+        source = ir.serde.deserialize_model(_copy(proto))
+        _prefix_names(source, prefix)
+    except (ir.serde.SerdeError, TypeError, ValueError) as exc:  # e.g. repeated output names, non-UTF-8 names
+        raise OnnxfuseError(f"{label}: onnx-ir cannot read its graph ({' '.join(str(exc).split())[:200]})") from exc
     if base_dir is not None:
         ir.external_data.set_base_dir(source.graph, str(base_dir))
-    _prefix_names(source, prefix)
     graph_inputs = {v.name: v for v in source.graph.inputs if not v.is_initializer()}
     for name, replacement in inputs.items():
         graph_inputs[prefix + name].replace_all_uses_with(replacement, replace_graph_outputs=True)

@@ -51,25 +51,41 @@ def train_head(
     """Fit, report on the seeded (stratified) hold-out against every source and a
     from-scratch baseline of the same family on the raw features, then refit on all rows.
 
+    Rows where a source output is NaN or infinite, or a feature infinite (NaN
+    features are read as the column mean), cannot train a head: they are left out
+    and counted in the report.
+
     `names` name each source and say whether its signal predicts the target itself
     (a classifier for a classification target), so it gets metrics of its own."""
-    features = labelled.feeds.get("features")
-    if features is None and (options.passthrough or options.method == "gate"):
+    if labelled.feeds.get("features") is None and (options.passthrough or options.method == "gate"):
         raise OnnxfuseError(
             f"--fusion {options.method}{' --passthrough' if options.passthrough else ''} needs column features"
         )
-    head_signals = votes if votes is not None else signals
+    usable = _usable_rows(signals, labelled.feeds.get("features"))
+    skipped = int(labelled.rows - usable.sum())
+    if usable.sum() < 2:
+        raise OnnxfuseError(f"column '{target}': fewer than 2 rows where every source output and feature is finite")
+    labelled, signals = labelled.take(usable), signals.take(usable)
+    head_signals = votes.take(usable) if votes is not None else signals
+    features = labelled.feeds.get("features")
     train, held = split_rows(labelled, options.holdout, seed=options.seed, target=target)
     report = {
         "task": labelled.task, "method": options.method, "seed": options.seed, "holdout": options.holdout,
         "meta": options.meta if options.method == "stack" else None, "passthrough": options.passthrough,
-        "rows": {"train": len(train), "holdout": len(held)}, "metrics": {},
+        "rows": {"train": len(train), "holdout": len(held), "skipped_not_finite": skipped}, "metrics": {},
     }  # fmt: skip
     if len(held):
         fitted = _fit(options, head_signals.take(train), _rows(features, train), labelled.target[train], labelled)
         report["metrics"] = _holdout_metrics(fitted, signals, head_signals, features, labelled, train, held, names)
     final = _fit(options, head_signals, features, labelled.target, labelled)
     return dataclasses.replace(final, report=report)
+
+
+def _usable_rows(signals: Signals, features: np.ndarray | None) -> np.ndarray:
+    usable = np.logical_and.reduce([np.isfinite(s).all(axis=1) for s in signals.per_model])
+    if features is not None:
+        usable &= ~np.isinf(features).any(axis=1)
+    return usable
 
 
 def predict(head: TrainedHead, signals: Signals, features: np.ndarray | None) -> np.ndarray:

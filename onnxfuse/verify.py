@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,40 @@ def verify(
         compare(name, reference[name], value, REFERENCE_TOLERANCE, "onnxruntime vs the reference evaluator")
 
 
+@contextlib.contextmanager
+def blaming(models: Sequence[NormalizedModel]) -> Iterator[None]:
+    """Turn a failure caused by a broken source into an error naming that source (exit 2).
+
+    A source can pass the loader's checks and still be broken (inconsistent
+    shapes, attribute lists onnxruntime rejects). When a later stage fails, each
+    source is checked on its own — strict ONNX shape inference, then an
+    onnxruntime session — before the failure is called internal.
+    """
+    try:
+        yield
+    except (OnnxfuseError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        for model in models:
+            problem = _broken_alone(model)
+            if problem:
+                raise OnnxfuseError(f"{model.source.label}: broken on its own ({problem})") from exc
+        raise
+
+
+def _broken_alone(model: NormalizedModel) -> str | None:
+    try:
+        onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True)
+        ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return " ".join(str(exc).split())[:300] or type(exc).__name__
+    return None
+
+
 def session_options() -> ort.SessionOptions:
     """Memory-mapped weights stay unread until used: prepacking would copy them."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach us as exceptions; no C++ log lines on stderr
     options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
@@ -107,9 +138,13 @@ def run_source(
         columns = [binding.column_index(c) for c in input_binding.columns]
         block = feeds[FEATURES][:, columns[0] if input_binding.rank == 1 else columns]
         source_feeds[input_binding.name] = block.astype(helper.tensor_dtype_to_np_dtype(input_binding.elem_type))
-    session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    results = dict(zip(names, session.run(None, source_feeds)))
+    try:
+        session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        results = dict(zip(names, session.run(None, source_feeds)))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise OnnxfuseError(f"{model.source.label}: onnxruntime cannot run it on its own ({reason})") from exc
     for name, classes in model.zipmap_classes.items():
         results[name] = np.array([[row[c] for c in classes] for row in results[name]], dtype=np.float32)
     return results

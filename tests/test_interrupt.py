@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -287,17 +286,18 @@ def test_interrupt_right_after_the_workspace_is_made_leaves_no_folder(
 
     Seen with real signals: sending SIGTERM the instant `.fused.onnx.*.tmp` appears left that (empty)
     folder in about 1 run in 12. Here the KeyboardInterrupt that `cli.main`'s handler raises is raised
-    by `tempfile.mkdtemp` itself, right after it made the folder (Python runs signal handlers between
-    bytecodes, so a real signal can land there: in mkdtemp after `os.mkdir`, or before the `try`).
+    by `os.mkdir` itself, right after it made the folder (Python runs signal handlers between
+    bytecodes, so a real signal can land there).
     """
-    real_mkdtemp = tempfile.mkdtemp
+    real_mkdir = os.mkdir
 
-    def interrupted_mkdtemp(*args: object, **kwargs: object) -> str:
-        real_mkdtemp(*args, **kwargs)
-        raise KeyboardInterrupt(f"signal {int(signal.SIGTERM)}")
+    def interrupted_mkdir(path: object, *args: object, **kwargs: object) -> None:
+        real_mkdir(path, *args, **kwargs)
+        if Path(str(path)).name.startswith(".fused.onnx."):
+            raise KeyboardInterrupt(f"signal {int(signal.SIGTERM)}")
 
     monkeypatch.delenv("ONNXFUSE_DEBUG", raising=False)
-    monkeypatch.setattr(tempfile, "mkdtemp", interrupted_mkdtemp)
+    monkeypatch.setattr(os, "mkdir", interrupted_mkdir)
     out = tmp_path / "fused.onnx"
     args = ["merge", *map(str, sources), "--features", FEATURES[0], "--features", FEATURES[1], "--fusion", "mean"]
     result = CliRunner().invoke(cli, [*args, "-o", str(out)])

@@ -54,6 +54,9 @@ def workspace(out: Path, inputs: list[Path]) -> Iterator[Path]:
             except FileExistsError:
                 mine = False
                 continue
+            except OSError as exc:  # e.g. a read-only file system, where even root cannot write
+                mine = False
+                raise OnnxfuseError(f"output {out}: cannot write in {out.parent} ({exc.strerror})") from exc
             yield folder
             return
         finally:

@@ -8,8 +8,7 @@ waited for if higher):
     (a) floor onnx-ir: `ir.load` both sources, `ir.save` each to a new file with external data
     (b) floor onnxruntime: one InferenceSession of the fused file (prepacking off), one run on 64 rows
     (c) onnxfuse: the whole `onnxfuse merge A B --features a,b,c,d --features e,f,g,h --fusion mean -o OUT`
-    (d) onnxfuse compile stages only: what `pipeline.merge` calls for `--fusion mean` without
-        --data (load, normalize, bind, splice, fuse with equal weights, stage, emit), minus verify
+    (d) onnxfuse compile stages only: `pipeline.merge` itself with `verify` replaced by a no-op
 
 The two sources are generated first (deterministic, seeded numpy): MLP regressors built with
 onnx.helper at opset 21 / IR 10, input `X` float [N, 4], output `variable` float [N, 1], each
@@ -54,6 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 MIB = 1 << 20
 CHILD = "_child"
@@ -264,68 +264,30 @@ def child_merge(*argv: str) -> dict:
 
 
 def child_stages(a: str, b: str, out: str) -> dict:
-    """pipeline.merge without verify, as the CLI calls it: `--fusion mean`, no --data.
+    """`pipeline.merge` itself, `--fusion mean` without --data, with `verify` replaced by a no-op.
 
-    The same functions in the same order: load, normalize, bind (with the output roles, the
-    label space and the fit check), splice, then inside the workspace the equal-weight head,
-    fuse and the metadata, stage and emit. Skipped: `verification_feeds` and `verify`.
+    Each stage function the pipeline calls is wrapped to mark the clock when it returns,
+    so the table shows load, normalize, bind, splice, fuse, optimize, stage and emit
+    without this script restating the pipeline.
     """
-    from onnxfuse import __version__
-    from onnxfuse.bind import bind
-    from onnxfuse.data import column_names
-    from onnxfuse.emit import check_output, emit, fused_metadata, stage, workspace
-    from onnxfuse.fuse import check_sources_fit, fuse
-    from onnxfuse.load import load_model
-    from onnxfuse.normalize import normalize
-    from onnxfuse.outputs import output_role
-    from onnxfuse.pipeline import _check_spec, _describe_source, _fusion_metadata, _label_space
+    import onnxfuse.pipeline as pipeline
     from onnxfuse.spec import FuseSpec, ModelSpec
-    from onnxfuse.splice import splice
-    from onnxfuse.train import HeadOptions, equal_weights
 
     clock = _Clock()
-    models_spec = tuple(
-        ModelSpec(path=Path(p), features=tuple(f.split(","))) for p, f in zip((a, b), FEATURES, strict=True)
-    )
-    spec = FuseSpec(models=models_spec, output=Path(out), fusion="mean")
-    _check_spec(spec)
-    inputs = [m.path for m in spec.models]
-    check_output(spec.output, inputs)
-    sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))
-    clock.mark("load")
-    models, versions = normalize(sources, target_opset=spec.target_opset, max_ir_version=spec.max_ir_version)
-    clock.mark("normalize")
-    binding = bind(models, data_columns=column_names(None))
-    roles = [output_role(model) for model in models]
-    task, classes = _label_space(roles, None, spec)
-    check_sources_fit(roles, spec.fusion, task)
-    clock.mark("bind")
-    spliced = splice(models, binding, versions)
-    clock.mark("splice")
-    options = HeadOptions(spec.fusion, spec.meta, spec.passthrough, spec.holdout, spec.seed)
-    with workspace(spec.output, inputs) as folder:
-        head = equal_weights(options, len(models))
-        fused = fuse(
-            spliced,
-            roles,
-            head,
-            task=task,
-            classes=classes,
-            versions=versions,
-            keep_model_outputs=spec.keep_model_outputs,
-        )
-        metadata = fused_metadata(
-            features=binding.features,
-            classes=fused.classes,
-            sources=[_describe_source(s) for s in sources],
-            fusion=_fusion_metadata(head),
-            version=__version__,
-        )
-        clock.mark("fuse")
-        staged = stage(fused.model, folder, out=spec.output, metadata=metadata)
-        clock.mark("stage")
-        emit(staged)
-        clock.mark("emit")
+
+    def timed(name: str, function: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = function(*args, **kwargs)
+            clock.mark(name)
+            return result
+
+        return wrapper
+
+    for name in ("load_model", "normalize", "bind", "splice", "fuse", "optimize", "stage", "emit"):
+        setattr(pipeline, name, timed(name.removesuffix("_model"), getattr(pipeline, name)))
+    pipeline.verify = lambda *args, **kwargs: None
+    models = tuple(ModelSpec(Path(p), tuple(f.split(","))) for p, f in zip((a, b), FEATURES, strict=True))
+    pipeline.merge(FuseSpec(models=models, output=Path(out), fusion="mean"))
     return clock.report()
 
 

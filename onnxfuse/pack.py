@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 INLINE_LIMIT = 1024  # tensors up to this many bytes stay inside the serialized graph
+ALIGNMENT = 64
 _PLACEHOLDER = "onnxfuse-pack:"
 
 
@@ -66,22 +67,56 @@ def write_packed(serialized: Serialized, path: Path) -> Packed:
     kept = [t for t in graph.initializer if t.name not in tensors]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    heads = [(_tensor_head(t), tensors[t.name]) for t in streamed]
     graph_bytes = graph.SerializeToString(deterministic=True)
-    entries = [_field_length(5, len(head) + _field_length(9, tensor.nbytes)) for head, tensor in heads]
     shell = onnx.ModelProto()
     shell.CopyFrom(proto)
     shell.ClearField("graph")
+    shell_bytes = shell.SerializeToString(deterministic=True)
+    for width in range(1, 11):  # the graph's length prefix takes `width` bytes; lay out until it agrees
+        position = len(shell_bytes) + len(_key(7)) + width + len(graph_bytes)
+        layout = []
+        for tensor in streamed:
+            entry = _aligned_entry(tensor, tensors[tensor.name].nbytes, position)
+            layout.append(entry)
+            position = entry.payload_offset + entry.length + len(entry.tail)
+        graph_length = position - (len(shell_bytes) + len(_key(7)) + width)
+        if len(_varint(graph_length)) == width:
+            break
     with open(path, "wb") as handle:
-        handle.write(shell.SerializeToString(deterministic=True))
-        handle.write(_key(7) + _varint(len(graph_bytes) + sum(entries)) + graph_bytes)
-        for head, tensor in heads:
-            handle.write(_key(5) + _varint(len(head) + _field_length(9, tensor.nbytes)) + head)
-            handle.write(_key(9) + _varint(tensor.nbytes))
-            handle.flush()
-            offsets[tensor.name] = (handle.tell(), tensor.nbytes)
-            _write_payload(tensor, handle)
+        handle.write(shell_bytes + _key(7) + _varint(graph_length) + graph_bytes)
+        for tensor, entry in zip(streamed, layout):
+            handle.write(entry.prefix)
+            offsets[tensor.name] = (entry.payload_offset, entry.length)
+            _write_payload(tensors[tensor.name], handle)
+            handle.write(entry.tail)
     return Packed(path=path, proto=proto, offsets=offsets)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    prefix: bytes  # the initializer entry up to its raw_data bytes
+    payload_offset: int
+    length: int
+    tail: bytes  # resets the padding doc_string, where the tensor had none of its own
+
+
+def _aligned_entry(tensor: onnx.TensorProto, length: int, position: int) -> _Entry:
+    """An initializer entry whose raw_data starts on a 64-byte boundary.
+
+    Weights read in place (onnxruntime's and numpy's memory maps) must be aligned, or
+    numpy copies them. The padding is a `doc_string` of spaces written before the
+    tensor's own fields; a later empty `doc_string` (protobuf keeps the last value)
+    leaves the tensor's documentation as it was.
+    """
+    head = _tensor_head(tensor)
+    for pad in range(ALIGNMENT * 2):
+        padding = _key(12) + _varint(pad) + b" " * pad if pad else b""
+        tail = _key(12) + _varint(0) if pad and not tensor.doc_string else b""
+        body_length = len(padding) + len(head) + _field_length(9, length) + len(tail)
+        prefix = _key(5) + _varint(body_length) + padding + head + _key(9) + _varint(length)
+        if (position + len(prefix)) % ALIGNMENT == 0:
+            return _Entry(prefix, position + len(prefix), length, tail)
+    raise AssertionError("no padding aligns the tensor")  # unreachable: some pad below 128 always aligns
 
 
 def _large(model: ir.Model) -> list[ir.Value]:

@@ -116,3 +116,19 @@ def test_data_name_is_out_with_the_data_suffix():
 
 def test_metadata_json_sorts_keys_compactly():
     assert emit.metadata_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+
+
+def test_emit_aligns_streamed_weights_to_64_bytes_and_keeps_doc_strings(external_sources, tmp_path):
+    model = onnx.load(str(external_sources[0]), load_external_data=False)
+    model.graph.initializer[0].doc_string = "first layer"
+    onnx.save(model, str(external_sources[0]))
+    out = tmp_path / "fused.onnx"
+    assert merge(external_sources, out).exit_code == 0
+    raw = out.read_bytes()
+    fused = onnx.load(str(out))
+    streamed = [t for t in fused.graph.initializer if len(t.raw_data) > 1024]
+    assert len(streamed) == 2  # the two W1; the 1 KB W2 stay inline
+    for tensor in streamed:
+        assert raw.count(tensor.raw_data) == 1 and raw.find(tensor.raw_data) % 64 == 0, tensor.name
+    docs = {t.name: t.doc_string for t in fused.graph.initializer}
+    assert docs["m1/W1"] == "first layer" and docs["m2/W1"] == "" and docs["m1/W2"] == ""

@@ -139,8 +139,9 @@ def serialize(model: ir.Model) -> Serialized:
         for value, tensor in swapped.items():
             if value.name in tensors:
                 value.const_value = ir.ExternalTensor(
-                    _PLACEHOLDER + value.name, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=tensor.name
-                )
+                    _PLACEHOLDER + value.name, 0, tensor.nbytes, tensor.dtype,
+                    shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string,
+                )  # fmt: skip
             else:  # small or subgraph weights: read them into the graph
                 value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
         proto = ir.serde.serialize_model(model)

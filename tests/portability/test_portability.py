@@ -329,3 +329,24 @@ def test_fused_files_use_only_what_the_npm_runtimes_load(fused: Fused):
     assert opsets.get("", 0) <= 26 and opsets.get("ai.onnx.ml", 0) <= 5
     assert set(opsets) <= {"", "ai.onnx.ml"}
     assert [i.name for i in model.graph.input] == list(fused.feeds)
+
+
+def test_readme_javascript_snippet_gives_what_python_gives(npm_runtime, tmp_path):
+    """The README's JavaScript snippet, run as written next to the example's fused.onnx."""
+    snippet = re.search(r"```js\n(.*?)```", (REPO / "README.md").read_text(), re.DOTALL)
+    assert snippet, "README.md has no ```js block"
+    fused = merge(
+        npm_runtime.folder / "fused.onnx",
+        [(REPO / "models" / "a.onnx", "a,b"), (REPO / "models" / "b.onnx", "c,d")],
+        REPO / "models" / "train.csv",
+    )
+    script = npm_runtime.folder / "readme_snippet.mjs"
+    script.write_text(snippet.group(1))
+    done = subprocess.run(
+        [npm_runtime.node, script.name], cwd=npm_runtime.folder, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    expected = ort_outputs(fused, {"features": np.array([[0.1, -0.2, 0.3, 0.4]], dtype=np.float32)})
+    assert printed["label"] == expected["label"].tolist()
+    np.testing.assert_allclose(printed["probabilities"], expected["probabilities"].ravel(), rtol=1e-5, atol=1e-6)

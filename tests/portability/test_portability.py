@@ -32,7 +32,20 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-pytestmark = pytest.mark.portability
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+NODE, NPM = shutil.which("node"), shutil.which("npm")
+pytestmark = [
+    pytest.mark.portability,
+    # Outside CI a machine without Node.js skips, saying why; under CI the npm_runtime fixture fails loudly.
+    pytest.mark.skipif(
+        (NODE is None or NPM is None) and not in_ci(),
+        reason="install Node.js >= 20 and npm to run onnxruntime-node/-web",
+    ),
+]
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -43,15 +56,9 @@ NPM_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 300
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def unavailable(reason: str) -> None:
-    """No JavaScript runtime: a loud failure under CI, a skip with the reason elsewhere."""
-    if in_ci():
-        pytest.fail(f"CI is set but {reason}; the portability environment needs Node.js >= {MIN_NODE} and npm")
-    pytest.skip(f"{reason}; install Node.js >= {MIN_NODE} and npm to run onnxruntime-node/-web")
+    """No usable JavaScript runtime although one is on PATH (or under CI): fail loudly, saying why."""
+    pytest.fail(f"{reason}; the portability environment needs Node.js >= {MIN_NODE} and npm")
 
 
 # ---------------------------------------------------------------- the JavaScript side

@@ -42,21 +42,18 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import shlex
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _children import CHILD, BenchError, Measurement, Sample, child_main, driver_peak_mib, median, run_child, versions
+
 MIB = 1 << 20
-CHILD = "_child"
 FEATURES = ("a,b,c,d", "e,f,g,h")
 SEEDS = (1, 2)
 ALIGN = 4096
@@ -65,29 +62,6 @@ WARMUP = 1
 TARGET_TIME_RATIO = 2.0
 TARGET_STAGES_RSS_MIB = 300.0
 TARGET_MERGE_RSS_RATIO = 1.3
-
-
-class BenchError(RuntimeError):
-    """A measured subprocess failed: the benchmark cannot go on."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """One subprocess run: wall seconds, peak RSS and what the child reported."""
-
-    wall_s: float
-    peak_mib: float
-    report: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Measurement:
-    """One row of the table: a child mode and how to build its arguments for run `i`."""
-
-    key: str
-    title: str
-    mode: str
-    args: Callable[[int], list[str]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,34 +275,9 @@ CHILDREN: dict[str, Callable[..., dict]] = {
 }
 
 
-def child_main(argv: Sequence[str]) -> None:
-    """`_child MODE RESULT.json ARGS...`: run MODE, write its report as JSON."""
-    mode, result, *args = argv
-    report = CHILDREN[mode](*args)
-    Path(result).write_text(json.dumps(report))
-
-
 # ---------------------------------------------------------------------------------------------
 # Driver side: standard library only.
 # ---------------------------------------------------------------------------------------------
-
-
-def run_child(mode: str, args: Sequence[str], result: Path, *, cwd: Path) -> Sample:
-    """Run one child in `cwd`; its own peak RSS comes from `os.wait4`. Raise BenchError if it fails."""
-    result.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), CHILD, mode, str(result), *args]
-    env = {**os.environ, "ONNXFUSE_DEBUG": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    log = result.with_suffix(".log")
-    with open(log, "wb") as handle:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise BenchError(f"{mode} exited with {process.returncode}: {shlex.join(command)}\n{tail}")
-    return Sample(wall_s=wall, peak_mib=usage.ru_maxrss / 1024, report=json.loads(result.read_text()))
 
 
 def measurements(paths: Paths) -> list[Measurement]:
@@ -376,7 +325,9 @@ def _measure(paths: Paths, measurement: Measurement, run: int) -> Sample:
     if measurement.key in ("c", "d"):
         paths.fused(measurement.key, run).parent.mkdir(parents=True, exist_ok=True)
     os.sync()
-    return run_child(measurement.mode, measurement.args(run), paths.result(measurement.key, run), cwd=paths.root)
+    return run_child(
+        __file__, measurement.mode, measurement.args(run), paths.result(measurement.key, run), cwd=paths.root
+    )
 
 
 def check_outputs(paths: Paths, run: int, ort: Sample) -> dict:
@@ -411,39 +362,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _driver_peak_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _versions() -> str:
-    names = ("onnxruntime", "onnx", "onnx-ir", "numpy", "onnxfuse")
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found) + f", python {sys.version.split()[0]}"
-
-
-def _median(samples: Sequence[Sample], value: Callable[[Sample], float]) -> float:
-    return statistics.median(value(s) for s in samples)
-
-
 def print_table(paths: Paths, samples: dict[str, list[Sample]]) -> None:
-    baseline = _median(samples["baseline"], lambda s: s.peak_mib)
+    baseline = median(samples["baseline"], lambda s: s.peak_mib)
     print(
         f"\n{'measurement':44} {'wall s':>8} {'work s':>8} {'peak RSS MiB':>13} {'- baseline':>11}  runs (wall s / MiB)"
     )
     for m in measurements(paths):
         rows = samples[m.key]
-        wall = _median(rows, lambda s: s.wall_s)
-        work = _median(rows, lambda s: s.report.get("work_s", float("nan")))
-        peak = _median(rows, lambda s: s.peak_mib)
+        wall = median(rows, lambda s: s.wall_s)
+        work = median(rows, lambda s: s.report.get("work_s", float("nan")))
+        peak = median(rows, lambda s: s.peak_mib)
         runs = " ".join(f"{s.wall_s:.2f}/{s.peak_mib:.0f}" for s in rows)
         print(f"{m.title:44} {wall:8.2f} {work:8.2f} {peak:13.1f} {peak - baseline:11.1f}  {runs}")
 
@@ -464,7 +392,7 @@ def print_stages(samples: dict[str, list[Sample]]) -> None:
 
 def print_targets(samples: dict[str, list[Sample]], fused_mib: float) -> None:
     def med(key: str, value: Callable[[Sample], float]) -> float:
-        return _median(samples[key], value)
+        return median(samples[key], value)
 
     time_ratio = med("d", lambda s: s.wall_s) / med("a", lambda s: s.wall_s)
     work_ratio = med("d", lambda s: s.report["work_s"]) / med("a", lambda s: s.report["work_s"])
@@ -501,8 +429,8 @@ def print_report(
     fused_mib = checks[0]["fused_bytes"] / MIB
     weights = [b / MIB for b in generated["weight_bytes"]]
     print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"versions: {_versions()}")
-    print(f"machine: {os.cpu_count()} cores; driver peak RSS {_driver_peak_mib():.1f} MiB")
+    print(f"versions: {versions(('onnxruntime', 'onnx', 'onnx-ir', 'numpy', 'onnxfuse'))}")
+    print(f"machine: {os.cpu_count()} cores; driver peak RSS {driver_peak_mib():.1f} MiB")
     print(f"source weights: A {weights[0]:.1f} MiB, B {weights[1]:.1f} MiB (4 MatMuls, hidden {generated['hidden']})")
     where = "weights inline" if checks[0]["weights_inline"] else "graph + OUT.data"
     print(f"fused file: {fused_mib:.1f} MiB ({where}); repeats: {args.repeat}, medians shown")
@@ -544,7 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(f"generating 2 x {args.mb:g} MiB sources in {folder} ...", flush=True)
             generated = run_child(
-                "generate", [str(paths.sources[0].parent), str(args.mb)], paths.result("generate", 0), cwd=paths.root
+                __file__,
+                "generate",
+                [str(paths.sources[0].parent), str(args.mb)],
+                paths.result("generate", 0),
+                cwd=paths.root,
             )
             samples, checks = run_all(paths, args.repeat, keep=args.keep)
             print_report(paths, generated.report, samples, checks, args)
@@ -559,6 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == CHILD:
-        child_main(sys.argv[2:])
+        child_main(CHILDREN, sys.argv[2:])
     else:
         sys.exit(main())

@@ -47,23 +47,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
 import os
 import shlex
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _children import CHILD, BenchError, Measurement, Sample, child_main, driver_peak_mib, median, run_child, versions
+
 MIB = 1 << 20
-CHILD = "_child"
 WARMUP = 1
 TRAIN_ROWS = 20_000
 SOURCES = (
@@ -74,19 +70,6 @@ SOURCES = (
 TARGET_THROUGHPUT = 0.9
 TARGET_MEMORY_SLACK = 1.05
 TARGET_MEMORY_SLACK_MIB = 8.0
-
-
-class BenchError(RuntimeError):
-    """A measured subprocess failed: the benchmark cannot go on."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-    """One subprocess run: wall seconds, peak RSS and what the child reported."""
-
-    wall_s: float
-    peak_mib: float
-    report: dict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,42 +285,9 @@ CHILDREN: dict[str, Callable[..., dict]] = {
 }
 
 
-def child_main(argv: Sequence[str]) -> None:
-    """`_child MODE RESULT.json ARGS...`: run MODE, write its report as JSON."""
-    mode, result, *args = argv
-    report = CHILDREN[mode](*args)
-    Path(result).write_text(json.dumps(report))
-
-
 # ---------------------------------------------------------------------------------------------
 # Driver side: standard library only.
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Measurement:
-    key: str
-    title: str
-    mode: str
-    args: Callable[[int], list[str]]
-
-
-def run_child(mode: str, args: Sequence[str], result: Path, *, cwd: Path) -> Sample:
-    """Run one child in `cwd`; its own peak RSS comes from `os.wait4`. Raise BenchError if it fails."""
-    result.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), CHILD, mode, str(result), *args]
-    env = {**os.environ, "ONNXFUSE_DEBUG": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    log = result.with_suffix(".log")
-    with open(log, "wb") as handle:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        tail = log.read_text(errors="replace")[-4000:]
-        raise BenchError(f"{mode} exited with {process.returncode}: {shlex.join(command)}\n{tail}")
-    return Sample(wall_s=wall, peak_mib=usage.ru_maxrss / 1024, report=json.loads(result.read_text()))
 
 
 def measurements(root: Path, args: argparse.Namespace) -> list[Measurement]:
@@ -361,7 +311,7 @@ def run_all(root: Path, args: argparse.Namespace) -> dict[str, list[Sample]]:
     for run in range(WARMUP + args.repeat):
         label = "warm-up" if run < WARMUP else f"run {run - WARMUP + 1}/{args.repeat}"
         for m in measurements(root, args):
-            sample = run_child(m.mode, m.args(run), root / "log" / f"{m.key}{run}.json", cwd=root)
+            sample = run_child(__file__, m.mode, m.args(run), root / "log" / f"{m.key}{run}.json", cwd=root)
             work = sample.report.get("work_s")
             shown = f"{work:6.2f} s work" if work is not None else " " * 13
             print(
@@ -373,37 +323,15 @@ def run_all(root: Path, args: argparse.Namespace) -> dict[str, list[Sample]]:
     return samples
 
 
-def _median(rows: Sequence[Sample], value: Callable[[Sample], float]) -> float:
-    return statistics.median(value(s) for s in rows)
-
-
-def _versions() -> str:
-    found = []
-    for name in ("onnxruntime", "onnx", "onnx-ir", "numpy", "scikit-learn", "skl2onnx", "onnxfuse"):
-        try:
-            found.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            found.append(f"{name} (not installed)")
-    return ", ".join(found) + f", python {sys.version.split()[0]}"
-
-
-def _driver_peak_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def print_report(root: Path, generated: dict, samples: dict[str, list[Sample]], args: argparse.Namespace) -> int:
     x_mib = generated["x_bytes"] / MIB
-    baseline = _median(samples["baseline"], lambda s: s.peak_mib)
+    baseline = median(samples["baseline"], lambda s: s.peak_mib)
     outputs = samples["score"][0].report["outputs"]
     out_mib = sum(o["bytes"] for o in outputs) / MIB
     print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"versions: {_versions()}")
+    print(f"versions: {versions(('onnxruntime', 'onnx', 'onnx-ir', 'numpy', 'scikit-learn', 'skl2onnx', 'onnxfuse'))}")
     print(f"machine: {os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
-    print(f"driver peak RSS {_driver_peak_mib():.1f} MiB; children run in {root}")
+    print(f"driver peak RSS {driver_peak_mib():.1f} MiB; children run in {root}")
     print(
         f"data: {args.rows:,} x {args.features} float32 = {x_mib:.1f} MiB (seed {args.seed}); "
         f"spliced graph: {generated['nodes']} nodes, features {generated['features'][0]}..{generated['features'][-1]}"
@@ -435,7 +363,7 @@ def print_report(root: Path, generated: dict, samples: dict[str, list[Sample]], 
     extra: dict[str, float] = {}
     for m in measurements(root, args):
         rows = samples[m.key]
-        peak = _median(rows, lambda s: s.peak_mib)
+        peak = median(rows, lambda s: s.peak_mib)
         runs = " ".join(
             f"{s.report['work_s']:.2f}/{s.peak_mib:.0f}" if "work_s" in s.report else f"-/{s.peak_mib:.0f}"
             for s in rows
@@ -444,19 +372,19 @@ def print_report(root: Path, generated: dict, samples: dict[str, list[Sample]], 
             blank = f"{'':>7} {'':>7} {'':>6} {'':>12} {'':>6}"
             print(f"{m.title:42} {blank} {peak:9.1f} {peak - x_mib:8.1f} {'':>11} {'':>10} {'':>9}  {runs}")
             continue
-        work = _median(rows, lambda s: s.report["work_s"])
+        work = median(rows, lambda s: s.report["work_s"])
         best[m.key] = min(s.report["work_s"] for s in rows)
-        cpu = _median(rows, lambda s: s.report["cpu_s"])
+        cpu = median(rows, lambda s: s.report["cpu_s"])
         throughput[m.key] = args.rows / work
         extra[m.key] = peak - baseline
-        raw_best = max(args.rows / _median(samples[k], lambda s: s.report["work_s"]) for k in ("oneshot", "batched"))
+        raw_best = max(args.rows / median(samples[k], lambda s: s.report["work_s"]) for k in ("oneshot", "batched"))
         print(
             f"{m.title:42} {work:7.3f} {best[m.key]:7.3f} {cpu:6.2f} {throughput[m.key]:12,.0f} "
             f"{throughput[m.key] / raw_best:6.2f} {peak:9.1f} {peak - x_mib:8.1f} {extra[m.key]:11.1f} "
-            f"{extra[m.key] - out_mib:10.1f} {_median(rows, lambda s: s.peak_mib - s.report['rss_before_mib']):9.1f}  "
+            f"{extra[m.key] - out_mib:10.1f} {median(rows, lambda s: s.peak_mib - s.report['rss_before_mib']):9.1f}  "
             f"{runs}"
         )
-    session_s = _median(samples["batched"], lambda s: s.report["session_s"])
+    session_s = median(samples["batched"], lambda s: s.report["session_s"])
     print(
         f"(x raw: rows/s over the faster of raw one-shot / raw batched; raw work includes creating the session, "
         f"median {session_s * 1e3:.0f} ms;\n best s: fastest run; cpu s: process CPU seconds of the work, all threads; "
@@ -522,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(f"generating {args.rows:,} x {args.features} rows and 3 sources in {root} ...", flush=True)
             generated = run_child(
+                __file__,
                 "generate",
                 [str(root), str(args.rows), str(args.features), str(args.seed)],
                 root / "log" / "generate.json",
@@ -539,6 +468,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == CHILD:
-        child_main(sys.argv[2:])
+        child_main(CHILDREN, sys.argv[2:])
     else:
         sys.exit(main())

@@ -194,16 +194,16 @@ def test_merge_stacks_string_labels(tmp_path):
     assert np.mean(fused["label"] == y[:300]) > 0.8
 
 
-def torch_regressor(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+def torch_export(path: Path, x: np.ndarray, target: np.ndarray, *, outputs: int, loss: str) -> Path:
+    """A small MLP trained briefly in torch and exported with torch.onnx (dynamo, dynamic batch)."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, outputs))
     optimizer = torch.optim.Adam(net.parameters(), lr=0.03)
-    inputs, target = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)).reshape(-1, 1)
+    inputs, truth = torch.from_numpy(x), torch.from_numpy(target)
     for _ in range(150):
         optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(net(inputs), target)
-        loss.backward()
+        getattr(torch.nn.functional, loss)(net(inputs), truth).backward()
         optimizer.step()
     net.eval()
     dynamic = ({0: torch.export.Dim.DYNAMIC},)
@@ -212,6 +212,10 @@ def torch_regressor(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     )
     program.save(str(path))
     return path
+
+
+def torch_regressor(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    return torch_export(path, x, y.astype(np.float32).reshape(-1, 1), outputs=1, loss="mse_loss")
 
 
 def test_merge_stacks_regressors_from_three_exporters(tmp_path):
@@ -244,22 +248,7 @@ def test_merge_stacks_regressors_from_three_exporters(tmp_path):
 
 def torch_classifier(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     """Logits only, as torch.onnx exports a classifier: no labels, no class list."""
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.03)
-    inputs, target = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(150):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(inputs), target).backward()
-        optimizer.step()
-    net.eval()
-    dynamic = ({0: torch.export.Dim.DYNAMIC},)
-    program = torch.onnx.export(
-        net, (inputs[:4],), dynamo=True, input_names=["x"], dynamic_shapes=dynamic, verbose=False
-    )
-    program.save(str(path))
-    return path
+    return torch_export(path, x, y, outputs=2, loss="cross_entropy")
 
 
 def test_merge_stacks_torch_logits_with_labelled_classifiers(seed_task, tmp_path):

@@ -98,7 +98,7 @@ def _bind_model(model: NormalizedModel, data_columns: Sequence[str] | None) -> t
                 if column not in data_columns:
                     raise OnnxfuseError(f"{label}: input '{name}' needs column '{column}', which the data lacks")
     return tuple(
-        InputBinding(name=i.name, elem_type=_elem(i), rank=_rank(i) or 0, columns=bound.get(i.name)) for i in inputs
+        InputBinding(name=i.name, elem_type=elem_type(i), rank=rank(i) or 0, columns=bound.get(i.name)) for i in inputs
     )
 
 
@@ -161,11 +161,11 @@ def _shared_inputs(
 
 
 def _compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto) -> bool:
-    if a.type.WhichOneof("value") != b.type.WhichOneof("value") or _elem(a) != _elem(b):
+    if a.type.WhichOneof("value") != b.type.WhichOneof("value") or elem_type(a) != elem_type(b):
         return False
-    if _rank(a) is None or _rank(b) is None:
+    if rank(a) is None or rank(b) is None:
         return True
-    if _rank(a) != _rank(b):
+    if rank(a) != rank(b):
         return False
     for da, db in zip(a.type.tensor_type.shape.dim, b.type.tensor_type.shape.dim):
         if da.HasField("dim_value") and db.HasField("dim_value") and da.dim_value != db.dim_value:
@@ -174,7 +174,7 @@ def _compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto) -> bool:
 
 
 def _is_column_input(value: onnx.ValueInfoProto) -> bool:
-    return _elem(value) in _NUMERIC and _rank(value) in (1, 2)
+    return elem_type(value) in _NUMERIC and rank(value) in (1, 2)
 
 
 def _width(value: onnx.ValueInfoProto) -> int | None:
@@ -184,11 +184,11 @@ def _width(value: onnx.ValueInfoProto) -> int | None:
     return dims[1].dim_value if dims[1].HasField("dim_value") else None
 
 
-def _elem(value: onnx.ValueInfoProto) -> int | None:
+def elem_type(value: onnx.ValueInfoProto) -> int | None:
     return value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else None
 
 
-def _rank(value: onnx.ValueInfoProto) -> int | None:
+def rank(value: onnx.ValueInfoProto) -> int | None:
     if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
         return None
     return len(value.type.tensor_type.shape.dim)

@@ -11,7 +11,7 @@ import numpy as np
 from onnx import helper
 
 from onnxfuse.bind import FEATURES, Binding
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, reason
 
 Table = dict[str, np.ndarray]
 VERIFY_ROWS = 128
@@ -36,7 +36,7 @@ def read_table(path: Path) -> Table:
         else:
             raise OnnxfuseError(f"data {path}: unknown format '{suffix}'; use .csv, .parquet or .npz")
     except (pa.ArrowException, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise OnnxfuseError(f"data {path}: cannot read it ({str(exc).splitlines()[0][:200]})") from exc
+        raise OnnxfuseError(f"data {path}: cannot read it ({reason(exc, 200)})") from exc
     lengths = {len(v) for v in table.values()}
     if not table or lengths == {0}:
         raise OnnxfuseError(f"data {path}: holds no rows")

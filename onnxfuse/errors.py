@@ -9,3 +9,8 @@ class OnnxfuseError(Exception):
 
 class VerificationError(Exception):
     """The fused graph does not reproduce its sources: an internal failure, never written."""
+
+
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """A library's exception as one line for an `error:` message: whitespace folded, cut at `limit`."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__

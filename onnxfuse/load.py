@@ -12,7 +12,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, reason
 from onnxfuse.spec import ModelSpec
 
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -79,7 +79,7 @@ def _read_proto(path: Path, label: str) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError, OSError) as exc:
-        raise OnnxfuseError(f"{label}: not a readable ONNX model ({_first_line(exc)})") from exc
+        raise OnnxfuseError(f"{label}: not a readable ONNX model ({reason(exc)})") from exc
 
 
 def _check_structure(proto: onnx.ModelProto, label: str) -> None:
@@ -96,7 +96,7 @@ def _check_model(path: Path, label: str) -> None:
     try:
         onnx.checker.check_model(str(path))  # by path, so external data resolves beside the model
     except (onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
-        raise OnnxfuseError(f"{label}: invalid ONNX model: {_first_line(exc)}") from exc
+        raise OnnxfuseError(f"{label}: invalid ONNX model: {reason(exc)}") from exc
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path, label: str) -> None:
@@ -144,8 +144,3 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
     if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return (count + 1) // 2
     return count * np.dtype(dtype).itemsize
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

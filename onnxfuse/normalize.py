@@ -244,10 +244,12 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.Mode
         RuntimeError, ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
         version_converter.ConvertError,
     ) as exc:  # fmt: skip
-        raise OnnxfuseError(f"{label}: cannot convert ai.onnx opset {source} to {target}: {_reason(exc)}") from exc
+        raise OnnxfuseError(
+            f"{label}: cannot convert ai.onnx opset {source} to {target}: {_converter_reason(exc)}"
+        ) from exc
 
 
-def _reason(exc: Exception) -> str:
+def _converter_reason(exc: Exception) -> str:
     """The converter's assertion text, cut down to the op that blocks it and what to do."""
     text = " ".join(str(exc).split())
     match = re.search(r"No Previous Version of (\w+)|No Adapter (?:From|To) Version \$?(\d+) for (\w+)", text)

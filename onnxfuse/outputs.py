@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxfuse.bind import elem_type, rank
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.normalize import ML, NormalizedModel
 
@@ -43,15 +44,15 @@ def output_role(model: NormalizedModel) -> OutputRole:
     Anything else is an error naming the model and its outputs.
     """
     outputs = {o.name: o for o in model.proto.graph.output}
-    labels = [n for n, o in outputs.items() if _elem(o) in _LABEL_TYPES and _rank(o) in (1, None)]
+    labels = [n for n, o in outputs.items() if elem_type(o) in _LABEL_TYPES and rank(o) in (1, None)]
     if model.zipmap_classes:
         probabilities, classes = next(iter(sorted(model.zipmap_classes.items())))
         label = labels[0] if len(labels) == 1 else None
         return OutputRole(
             model.source.label, "classification", label=label, probabilities=probabilities, classes=classes
         )
-    floats = [n for n, o in outputs.items() if _elem(o) in _FLOAT_TYPES]
-    matrices = [n for n in floats if _rank(outputs[n]) == 2 and _last_dim(outputs[n]) != 1]
+    floats = [n for n, o in outputs.items() if elem_type(o) in _FLOAT_TYPES]
+    matrices = [n for n in floats if rank(outputs[n]) == 2 and _last_dim(outputs[n]) != 1]
     if len(labels) == 1 and len(matrices) == 1:
         classes = trace_classes(model.proto.graph, labels[0])
         if classes is None:
@@ -59,7 +60,7 @@ def output_role(model: NormalizedModel) -> OutputRole:
         return OutputRole(
             model.source.label, "classification", label=labels[0], probabilities=matrices[0], classes=classes
         )
-    vectors = [n for n in floats if _rank(outputs[n]) in (1, None) or _last_dim(outputs[n]) == 1]
+    vectors = [n for n in floats if rank(outputs[n]) in (1, None) or _last_dim(outputs[n]) == 1]
     if len(outputs) == 1 and len(vectors) == 1:
         return OutputRole(model.source.label, "regression", prediction=vectors[0], width=1)
     if len(outputs) == 1 and len(matrices) == 1 and _last_dim(outputs[matrices[0]]):
@@ -124,15 +125,6 @@ def _classes_from_attrs(node: onnx.NodeProto) -> Classes | None:
             values = helper.get_attribute_value(attr)
             return tuple(v.decode() if isinstance(v, bytes) else int(v) for v in values)
     return None
-
-
-def _elem(value: onnx.ValueInfoProto) -> int | None:
-    return value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else None
-
-
-def _rank(value: onnx.ValueInfoProto) -> int | None:
-    tensor = value.type.tensor_type
-    return len(tensor.shape.dim) if tensor.HasField("shape") else None
 
 
 def _last_dim(value: onnx.ValueInfoProto) -> int | None:

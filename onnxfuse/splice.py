@@ -12,7 +12,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass
 
 from onnxfuse.bind import FEATURES, Binding, InputBinding
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, reason
 from onnxfuse.normalize import BATCH_DIM, ML, STANDARD_DOMAINS, NormalizedModel, Versions
 
 GRAPH_NAME = "onnxfuse"
@@ -89,7 +89,7 @@ def attach(
         source = ir.serde.deserialize_model(_copy(proto))
         _prefix_names(source, prefix)
     except (ir.serde.SerdeError, TypeError, ValueError) as exc:  # e.g. repeated output names, non-UTF-8 names
-        raise OnnxfuseError(f"{label}: onnx-ir cannot read its graph ({' '.join(str(exc).split())[:200]})") from exc
+        raise OnnxfuseError(f"{label}: onnx-ir cannot read its graph ({reason(exc, 200)})") from exc
     if base_dir is not None:
         ir.external_data.set_base_dir(source.graph, str(base_dir))
     graph_inputs = {v.name: v for v in source.graph.inputs if not v.is_initializer()}

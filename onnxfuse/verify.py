@@ -14,7 +14,7 @@ from onnx import external_data_helper, helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxfuse.bind import FEATURES, Binding
-from onnxfuse.errors import OnnxfuseError, VerificationError
+from onnxfuse.errors import OnnxfuseError, VerificationError, reason
 from onnxfuse.normalize import STANDARD_DOMAINS, NormalizedModel, iter_model_nodes
 
 VERIFY_FILE = "verify.onnx"
@@ -107,7 +107,7 @@ def _broken_alone(model: NormalizedModel) -> str | None:
         onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True)
         ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:
-        return " ".join(str(exc).split())[:300] or type(exc).__name__
+        return reason(exc)
     return None
 
 
@@ -143,8 +143,7 @@ def run_source(
         names = [o.name for o in session.get_outputs()]
         results = dict(zip(names, session.run(None, source_feeds)))
     except Exception as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise OnnxfuseError(f"{model.source.label}: onnxruntime cannot run it on its own ({reason})") from exc
+        raise OnnxfuseError(f"{model.source.label}: onnxruntime cannot run it on its own ({reason(exc)})") from exc
     for name, classes in model.zipmap_classes.items():
         results[name] = np.array([[row[c] for c in classes] for row in results[name]], dtype=np.float32)
     return results

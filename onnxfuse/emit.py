@@ -76,7 +76,7 @@ def stage(model: ir.Model, folder: Path, *, out: Path, metadata: Mapping[str, st
     """
     model.metadata_props.clear()
     model.metadata_props.update(sorted(metadata.items()))
-    _keep_strings_inline(model)
+    _keep_strings_inline(model)  # also makes string tables (e.g. class labels) serializable as bytes
     serialized = serialize(model)
     if serialized.size < PROTOBUF_LIMIT - _MARGIN:
         packed = write_packed(serialized, folder / PACKED)

@@ -17,7 +17,7 @@ import click
 from click.core import ParameterSource
 
 from onnxfuse import __version__
-from onnxfuse.errors import OnnxfuseError, VerificationError
+from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning, VerificationError
 from onnxfuse.spec import FUSIONS, METAS, TASKS, FuseSpec, ModelSpec, read_spec
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -50,17 +50,25 @@ class _Group(click.Group):
 @contextlib.contextmanager
 def _quiet_libraries() -> Iterator[None]:
     """Library warnings (scikit-learn convergence, onnxscript's folder) are noise on a console
-    that promises one line per failure; ONNXFUSE_DEBUG=1 shows them."""
+    that promises one line per failure; ONNXFUSE_DEBUG=1 shows them. Our own warnings
+    (OnnxfuseWarning) are each one `warning: ...` line on stderr."""
     if os.environ.get("ONNXFUSE_DEBUG") == "1":
         yield
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        warnings.simplefilter("always", OnnxfuseWarning)
+        warnings.showwarning = _show_warning
         logging.disable(logging.WARNING)
         try:
             yield
         finally:
             logging.disable(logging.NOTSET)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, OnnxfuseWarning):
+        click.echo("warning: " + " ".join(str(message).split()), err=True)
 
 
 def _fail(exc: BaseException, message: str, code: int) -> int:

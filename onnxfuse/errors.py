@@ -1,6 +1,8 @@
-"""Errors a user can fix (exit 2) and internal failures (exit 1)."""
+"""Errors a user can fix (exit 2), internal failures (exit 1), and warnings about legal but suspicious input."""
 
 from __future__ import annotations
+
+import warnings
 
 
 class OnnxfuseError(Exception):
@@ -9,6 +11,15 @@ class OnnxfuseError(Exception):
 
 class VerificationError(Exception):
     """The fused graph does not reproduce its sources: an internal failure, never written."""
+
+
+class OnnxfuseWarning(UserWarning):
+    """Legal but suspicious input: the CLI prints one `warning: ...` line; Python users get a warning."""
+
+
+def warn(message: str) -> None:
+    """Say one suspicious thing about the input, naming what and why (one line on the console)."""
+    warnings.warn(" ".join(message.split()), OnnxfuseWarning, stacklevel=2)
 
 
 def reason(exc: BaseException, limit: int = 300) -> str:

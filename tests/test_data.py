@@ -222,6 +222,74 @@ def test_labelled_rows_gives_integer_classes_when_task_classification_and_target
     assert labelled.target.tolist() == [0, 1, 2, 1, 0, 2, 1, 0]
 
 
+def test_labelled_rows_gives_classification_when_target_is_integral_float_and_sources_are_classifiers(
+    tmp_path: Path,
+) -> None:
+    table, path = csv_table(tmp_path, {**features_ab(), "y": ["0.0", "1.0", "1.0", "0.0", "1.0", "0.0", "1.0", "0.0"]})
+    assert table["y"].dtype.kind == "f"
+
+    labelled = labelled_rows(table, PLAIN, path, target="y", classifiers=True)
+
+    assert labelled.task == "classification"
+    assert labelled.classes == (0, 1)
+    assert "the sources are classifiers" in labelled.why
+
+
+def test_labelled_rows_gives_regression_when_target_is_integral_float_and_sources_are_regressors(
+    tmp_path: Path,
+) -> None:
+    table, path = csv_table(tmp_path, {**features_ab(), "y": ["0.0", "1.0", "1.0", "0.0", "1.0", "0.0", "1.0", "0.0"]})
+
+    labelled = labelled_rows(table, PLAIN, path, target="y", classifiers=False)
+
+    assert labelled.task == "regression"
+    assert "no source is a classifier" in labelled.why
+
+
+def test_labelled_rows_gives_classification_when_target_has_many_integers_and_sources_are_classifiers(
+    tmp_path: Path,
+) -> None:
+    table, path = csv_table(tmp_path, {**features_ab(30), "y": list(range(100, 130))})
+
+    labelled = labelled_rows(table, PLAIN, path, target="y", classifiers=True)
+
+    assert labelled.task == "classification"
+    assert len(labelled.classes) == 30
+
+
+def test_labelled_rows_keeps_regression_when_task_is_given_and_sources_are_classifiers(tmp_path: Path) -> None:
+    table, path = csv_table(tmp_path, {**features_ab(), "y": [0, 1, 1, 0, 1, 0, 1, 0]})
+
+    labelled = labelled_rows(table, PLAIN, path, target="y", task="regression", classifiers=True)
+
+    assert labelled.task == "regression"
+    assert labelled.why == "--task regression"
+
+
+def test_merge_classifies_when_target_column_is_integral_float(rows, model_dir: Path, tmp_path: Path) -> None:
+    """pandas writes a label column that once held a NaN as 0.0/1.0: with classifier sources it is a label."""
+    x, y = rows["x"], rows["y"]
+    linear = to_onnx(LogisticRegression().fit(x[:, :2], y), x[:1, :2], options={"zipmap": False})
+    first = save(linear, model_dir / "f1.onnx")
+    second = save(to_onnx(DecisionTreeClassifier(max_depth=3, random_state=0).fit(x[:, 2:4], y), x[:1, 2:4]),
+                  model_dir / "f2.onnx")  # fmt: skip
+    data = tmp_path / "float_label.csv"
+    lines = ["a,b,c,d,y", *(",".join(f"{v:.6f}" for v in row[:4]) + f",{float(t):.1f}" for row, t in zip(x, y))]
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "fused.onnx"
+
+    result = run_cli("merge", first, second, "--features", "a,b", "--features", "c,d", "--data", data, "--target", "y",
+                     "-o", out)  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    assert "classification (target 'y' holds 2 whole numbers and the sources are classifiers)" in result.stdout
+    model = assert_checker_and_portable(out)
+    assert [o.name for o in model.graph.output] == ["label", "probabilities"]
+    fused = assert_runtimes_agree(out, {"features": x[:200, :4]})
+    assert set(np.unique(fused["label"]).tolist()) <= {0, 1}
+    np.testing.assert_allclose(fused["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_labelled_rows_raises_naming_column_when_task_classification_and_target_is_fractional(tmp_path: Path) -> None:
     table, path = csv_table(tmp_path, {**features_ab(), "score": [0.5, 1.0, 2.0, 1.0, 0.0, 2.0, 1.0, 0.0]})
 

@@ -46,10 +46,13 @@ def describe(path: Path) -> dict:
 
 
 # onnxruntime release -> the newest IR version, ai.onnx and ai.onnx.ml opsets it loads: its
-# compatibility table for 1.14-1.20, and what 1.30 (npm) and 1.32 (PyPI) were measured to load.
+# compatibility table for 1.14-1.19; 1.20-1.32 measured (the Python wheels loading and running
+# files stamped with each version; ai.onnx.ml 5 counted only where TreeEnsemble-5 runs).
 ONNXRUNTIME_LIMITS = (
     ("1.14", 8, 18, 3), ("1.15", 9, 19, 3), ("1.16", 9, 19, 3), ("1.17", 9, 20, 4),
-    ("1.18", 10, 21, 4), ("1.19", 10, 21, 4), ("1.20", 10, 21, 4), ("1.30", 13, 26, 5), ("1.32", 14, 28, 5),
+    ("1.18", 10, 21, 4), ("1.19", 10, 21, 4), ("1.20", 10, 21, 4), ("1.21", 10, 22, 5), ("1.22", 10, 22, 5),
+    ("1.23", 11, 23, 5), ("1.24", 13, 25, 5), ("1.25", 13, 26, 5), ("1.26", 13, 26, 5), ("1.27", 13, 26, 5),
+    ("1.28", 13, 26, 5), ("1.29", 13, 26, 5), ("1.30", 13, 26, 5), ("1.31", 13, 26, 5), ("1.32", 14, 28, 5),
 )  # fmt: skip
 
 

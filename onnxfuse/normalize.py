@@ -11,7 +11,7 @@ import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper, version_converter
 
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, warn
 from onnxfuse.load import SourceModel
 
 ML = "ai.onnx.ml"
@@ -50,7 +50,8 @@ def normalize(
 
     Rules: ZipMap outputs become the float `[N, C]` tensor they wrap (class list
     kept); sparse initializers are stored dense (onnx-ir cannot hold them);
-    ai.onnx is converted with onnx.version_converter to max(21, highest source) or
+    ai.onnx is converted with onnx.version_converter to 21 (or the lowest opset above
+    it that every source reaches with unchanged outputs, see `decide_versions`) or
     `target_opset`; ai.onnx.ml is raised to max(3, highest source) only where each
     ML op's schema accepts the node unchanged; one opset import per domain; IR =
     the minimum those opsets need, refused above `max_ir_version`; static batch
@@ -68,10 +69,14 @@ def decide_versions(
     target_opset: int | None = None,
     max_ir_version: int | None = None,
 ) -> Versions:
-    """Opsets and IR version for the fused file, refused when a limit is exceeded."""
+    """Opsets and IR version for the fused file, refused when a limit is exceeded.
+
+    Without `target_opset`, ai.onnx is the contract's 21 unless a source cannot be
+    converted down to it with the same outputs; then the lowest opset every source
+    reaches faithfully, with one warning naming the model that forced it.
+    """
     newest = onnx.defs.onnx_opset_version()
     newest_ml = max(row[3] for row in helper.VERSION_TABLE)
-    highest = max((_opset(s.proto, "") or 0 for s in sources), default=0)
     highest_ml = max((_opset(s.proto, ML) or 0 for s in sources), default=0)
     for source in sources:
         for domain, limit in (("", newest), (ML, newest_ml)):
@@ -82,7 +87,7 @@ def decide_versions(
                     f"{source.label}: opset {name} {version} is newer than the installed "
                     f"onnx {onnx.__version__} knows ({limit}); upgrade onnx"
                 )
-    opset = target_opset if target_opset is not None else max(MIN_OPSET, highest)
+    opset = target_opset if target_opset is not None else _lowest_faithful_opset(sources)
     if not 1 <= opset <= newest:
         raise OnnxfuseError(f"--target-opset {opset}: the installed onnx supports 1..{newest}")
     ml_opset = max(MIN_ML_OPSET, highest_ml)
@@ -93,6 +98,116 @@ def decide_versions(
             f"needs IR version {ir_version}; lower --target-opset"
         )
     return Versions(opset=opset, ml_opset=ml_opset, ir_version=ir_version)
+
+
+def _lowest_faithful_opset(sources: Sequence[SourceModel]) -> int:
+    """The contract's opset 21, or the lowest above it that every newer source converts to unchanged."""
+    opset, forced_by = MIN_OPSET, None
+    for source in sources:
+        own = _opset(source.proto, "") or 0
+        if own <= opset:
+            continue
+        reached, problem = _lowest_reachable(source, opset, own)
+        if reached > opset:
+            opset, forced_by = reached, (source, own, problem)
+    if forced_by is not None:
+        source, own, problem = forced_by
+        warn(
+            f"{source.label}: its ai.onnx {own} does not convert down to {MIN_OPSET} unchanged ({problem}); "
+            f"the fused file uses ai.onnx {opset}, which needs a newer onnxruntime than the default 1.18"
+        )
+    return opset
+
+
+def _lowest_reachable(source: SourceModel, floor: int, own: int) -> tuple[int, str | None]:
+    """The lowest opset from `floor` up that `source` converts to faithfully, and why lower ones fail."""
+    first_problem = None
+    for candidate in range(floor, own):
+        problem = _lowering_problem(source, candidate)
+        if problem is None:
+            return candidate, first_problem
+        first_problem = first_problem or problem
+    return own, first_problem
+
+
+def _lowering_problem(source: SourceModel, opset: int) -> str | None:
+    """Why converting `source` down to `opset` is not faithful, or None when outputs stay equal.
+
+    Seeded rows are run through the source and its conversion in onnxruntime. A source
+    that onnxruntime cannot run here, or whose weights are external, is not probed:
+    the verify stage compares the conversion on real rows instead.
+    """
+    proto = onnx.ModelProto()
+    proto.CopyFrom(source.proto)
+    try:
+        converted = _convert_opset(proto, source.label, opset)
+    except OnnxfuseError as exc:
+        return str(exc).split(": ", 1)[-1]
+    if _has_external_data(source.proto):
+        return None
+    feeds = _probe_feeds(source.proto.graph)
+    try:
+        expected = _run(source.proto, feeds)
+    except Exception:  # the source itself fails here: the later stages name it
+        return None
+    try:
+        actual = _run(converted, feeds)
+    except Exception as exc:
+        return f"onnxruntime cannot run the conversion: {' '.join(str(exc).split())[:160]}"
+    for name, value in expected.items():
+        if not _same_values(actual[name], value):
+            return f"output '{name}' changes"
+    return None
+
+
+def _probe_feeds(graph: onnx.GraphProto, rows: int = 16) -> dict[str, object]:
+    rng = np.random.default_rng(0)
+    initializers = {init.name for init in graph.initializer}
+    feeds = {}
+    for value in graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        dims = value.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else (rows if i == 0 else 4) for i, d in enumerate(dims)]
+        if dtype == np.object_:
+            feeds[value.name] = rng.choice(np.array(["a", "b", "c"], dtype=object), size=shape)
+        elif dtype == np.bool_ or np.issubdtype(dtype, np.integer):
+            feeds[value.name] = rng.integers(0, 2 if dtype == np.bool_ else 5, size=shape).astype(dtype)
+        else:
+            feeds[value.name] = np.round(rng.normal(size=shape) * 2, 2).astype(dtype)
+    return feeds
+
+
+def _run(proto: onnx.ModelProto, feeds: dict[str, object]) -> dict[str, object]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds)))
+
+
+def _same_values(actual: object, expected: object) -> bool:
+    if isinstance(expected, list):  # ZipMap: a list of {class: probability}
+        if not isinstance(actual, list) or len(actual) != len(expected):
+            return False
+        return all(
+            a.keys() == e.keys() and _same_values(list(a.values()), list(e.values())) for a, e in zip(actual, expected)
+        )
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        return False
+    if expected.dtype.kind in "fc":
+        return bool(np.allclose(actual, expected, rtol=1e-5, atol=1e-6, equal_nan=True))
+    return bool(np.array_equal(actual, expected))
+
+
+def _has_external_data(proto: onnx.ModelProto) -> bool:
+    from onnx import external_data_helper
+
+    return any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto))
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -125,7 +240,9 @@ def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
     original = _opset(proto, "")
     proto = unify_versions(proto, source.label, versions)  # before the ZipMap cut: Identity has no down-adapter
     classes = _strip_zipmap(proto, source.label)
+    _join_class_columns(proto.graph)
     _relax_batch_dims(proto.graph)
+    _relax_regressor_shapes(proto.graph)
     lowered = original if original is not None and original > versions.opset else None
     return NormalizedModel(source=source, proto=proto, zipmap_classes=classes, lowered_from=lowered)
 
@@ -294,3 +411,52 @@ def _first_dim_is_dynamic(value: onnx.ValueInfoProto) -> bool:
         return False
     dims = value.type.tensor_type.shape.dim
     return bool(dims) and not dims[0].HasField("dim_value")
+
+
+def _join_class_columns(graph: onnx.GraphProto) -> None:
+    """skl2onnx `zipmap="columns"`: one `[N]` output per class, each a `Slice` of one `[N, C]` probability
+    tensor of an ML classifier; that tensor becomes an output too, before them (the per-class outputs stay, so
+    verify still compares each with the source file), and roles reads it with the classifier's class list."""
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    groups: dict[str, dict[int, str]] = {}
+    for output in graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in ("Reshape", "Squeeze", "Identity", "Flatten"):
+            node = producers.get(node.input[0])
+        if node is None or node.op_type != "Slice" or len(node.input) < 4:
+            continue
+        starts, ends, axes = (constants.get(n) for n in node.input[1:4])
+        if any(c is None or c.size != 1 for c in (starts, ends, axes)) or int(axes.ravel()[0]) != 1:
+            continue
+        if int(ends.ravel()[0]) == int(starts.ravel()[0]) + 1:
+            groups.setdefault(node.input[0], {})[int(starts.ravel()[0])] = output.name
+    classifiers = [n for n in graph.node if n.domain == ML and n.op_type.endswith("Classifier")]
+    attrs = {a.name: helper.get_attribute_value(a) for a in classifiers[0].attribute} if len(classifiers) == 1 else {}
+    count = max((len(attrs.get(k) or ()) for k in ("classlabels_int64s", "classlabels_ints", "classlabels_strings")),
+                default=0)  # fmt: skip
+    for tensor, columns in sorted(groups.items()):
+        if len(columns) < 2 or sorted(columns) != list(range(count)):
+            continue
+        outputs = list(graph.output)
+        first = next(i for i, o in enumerate(outputs) if o.name in columns.values())
+        outputs.insert(first, helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, [BATCH_DIM, count]))
+        del graph.output[:]
+        graph.output.extend(outputs)
+
+
+_ML_REGRESSORS = ("TreeEnsembleRegressor", "LinearRegressor", "SVMRegressor")
+
+
+def _relax_regressor_shapes(graph: onnx.GraphProto) -> None:
+    """An ML regressor's output is `[N, targets]` whatever the file declares (CatBoost declares `[N]`)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    for output in graph.output:
+        node = producers.get(output.name)
+        if node is None or node.domain != ML or node.op_type not in _ML_REGRESSORS:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        targets = int(attrs.get("n_targets", attrs.get("targets", 1)) or 1)
+        dims = output.type.tensor_type.shape.dim if output.type.tensor_type.HasField("shape") else []
+        if len(dims) != 2:
+            output.type.tensor_type.shape.CopyFrom(helper.make_tensor_shape_proto([BATCH_DIM, targets]))

@@ -67,16 +67,19 @@ def test_oldest_onnxruntime_names_release_when_versions_given(
 
 
 @pytest.mark.parametrize(
-    ("ir_version", "opset", "ml_opset"),
-    [pytest.param(11, 23, 5, id="ir11_opset23_ml5"), pytest.param(10, 21, 5, id="ml5_alone")],
+    ("ir_version", "opset", "ml_opset", "expected"),
+    [
+        pytest.param(10, 22, 3, "1.21", id="skl2onnx_opset22"),
+        pytest.param(10, 21, 5, "1.21", id="ml5_alone"),
+        pytest.param(11, 23, 5, "1.23", id="ir11_opset23_ml5"),
+        pytest.param(13, 26, 5, "1.25", id="ir13_opset26"),
+        pytest.param(14, 28, 5, "1.32", id="ir14_opset28"),
+    ],
 )
-def test_oldest_onnxruntime_mentions_1_30_when_versions_need_a_release_after_1_20(
-    ir_version: int, opset: int, ml_opset: int
+def test_oldest_onnxruntime_names_measured_release_when_versions_need_one_after_1_20(
+    ir_version: int, opset: int, ml_opset: int, expected: str
 ) -> None:
-    result = oldest_onnxruntime(ir_version, {"ai.onnx": opset, "ai.onnx.ml": ml_opset})
-
-    assert "1.30" in result, result
-    assert not result.startswith("newer"), result
+    assert oldest_onnxruntime(ir_version, {"ai.onnx": opset, "ai.onnx.ml": ml_opset}) == expected
 
 
 def test_oldest_onnxruntime_ignores_ml_when_model_has_no_ml_opset() -> None:

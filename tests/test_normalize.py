@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightgbm
@@ -9,16 +10,16 @@ import numpy as np
 import onnx
 import onnxmltools
 import pytest
-from conftest import ort_outputs, save
+from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs, run_cli, save, write_csv
 from onnx import helper
 from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
 from skl2onnx import to_onnx
 from sklearn.ensemble import RandomForestClassifier
 
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning
 from onnxfuse.load import load_model
-from onnxfuse.normalize import decide_versions, normalize
-from onnxfuse.outputs import output_role
+from onnxfuse.normalize import _lowering_problem, decide_versions, normalize
+from onnxfuse.roles import output_role
 from onnxfuse.spec import ModelSpec
 
 
@@ -149,3 +150,83 @@ def test_normalize_turns_sparse_initializers_into_constants(tmp_path):
     assert not normalized.proto.graph.sparse_initializer
     x = np.array([[1.0, 1.0]], dtype=np.float32)
     np.testing.assert_array_equal(ort_outputs(normalized.proto, {"x": x})["y"], [[2.0, 3.0]])
+
+
+# --- versions: the contract's ai.onnx 21 unless a source cannot go down -------------------------------------------
+
+RMS_NORM_REGRESSOR = """
+<ir_version: 11, opset_import: ["" : 23]>
+rms (float[N, 3] x) => (float[N, 1] y) {
+  scale = Constant <value = float[3] {1.0, 2.0, 0.5}> ()
+  normed = RMSNormalization <axis = -1> (x, scale)
+  axes = Constant <value = int64[1] {1}> ()
+  y = ReduceSum <keepdims = 1> (normed, axes)
+}"""
+
+
+def test_normalize_converts_skl2onnx_opset22_exports_down_to_21(forest, tmp_path):
+    model, x = forest
+    plain = to_onnx(model, x[:1], options={"zipmap": False})
+    assert max(o.version for o in plain.opset_import if o.domain == "") == 22, "skl2onnx 1.20 declares 22"
+    path = save(plain, tmp_path / "plain22.onnx")
+
+    (normalized,), versions = normalize([load(path)])
+
+    assert (versions.opset, versions.ml_opset, versions.ir_version) == (21, 3, 10)
+    assert {o.domain: o.version for o in normalized.proto.opset_import} == {"": 21, "ai.onnx.ml": 3}
+    feeds = {"X": x[:50]}
+    expected = ort_outputs(path, feeds)
+    actual = ort_outputs(normalized.proto, feeds)
+    np.testing.assert_array_equal(actual["label"], expected["label"])
+    np.testing.assert_allclose(actual["probabilities"], expected["probabilities"], rtol=1e-6)
+
+
+def test_decide_versions_keeps_the_opset_a_source_needs_and_warns_naming_it(forest, tmp_path):
+    model, x = forest
+    regular = load(save(to_onnx(model, x[:1], options={"zipmap": False}), tmp_path / "forest.onnx"), 1)
+    rms = load(save(onnx.parser.parse_model(RMS_NORM_REGRESSOR), tmp_path / "rms.onnx"), 2)
+
+    with pytest.warns(OnnxfuseWarning, match=r"model 2 \(rms.onnx\): its ai.onnx 23 does not convert down to 21"):
+        versions = decide_versions([regular, rms])
+
+    assert versions.opset == 23
+    assert versions.ir_version == helper.find_min_ir_version_for([helper.make_opsetid("", 23)])
+
+
+def test_decide_versions_stays_at_21_without_a_warning_when_every_source_goes_down(forest, tmp_path):
+    model, x = forest
+    plain = load(save(to_onnx(model, x[:1], options={"zipmap": False}), tmp_path / "plain.onnx"))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OnnxfuseWarning)
+        assert decide_versions([plain]).opset == 21
+
+
+def test_lowering_problem_names_the_output_when_the_converter_changes_it(tmp_path):
+    """Softmax before opset 13 flattens from `axis` on: converting a 3-D softmax down changes its numbers."""
+    softmax = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        soft (float[N, 3, 2] x) => (float[N, 3, 2] y) { y = Softmax <axis = 1> (x) }""")
+    source = load(save(softmax, tmp_path / "softmax.onnx"))
+
+    assert _lowering_problem(source, 12) == "output 'y' changes"
+    assert _lowering_problem(source, 13) is None
+
+
+def test_merge_writes_the_forced_opset_and_one_warning_line_when_a_source_cannot_go_down(forest, rows, tmp_path):
+    model, x = forest
+    first = save(to_onnx(model, x[:1], options={"zipmap": False}), tmp_path / "forest.onnx")
+    second = save(onnx.parser.parse_model(RMS_NORM_REGRESSOR), tmp_path / "rms.onnx")
+    data = write_csv(tmp_path / "rows.csv", rows, label="y3")
+    out = tmp_path / "fused.onnx"
+
+    result = run_cli("merge", first, second, "--features", "a,b,c", "--features", "c,d,e", "--data", data,
+                     "--target", "y", "-o", out)  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    warnings_shown = [line for line in result.stderr.splitlines() if line]
+    assert len(warnings_shown) == 1 and warnings_shown[0].startswith("warning: model 2 (rms.onnx)"), result.stderr
+    fused = assert_checker_and_portable(out)
+    assert {o.domain: o.version for o in fused.opset_import}[""] == 23
+    assert_runtimes_agree(out, {"features": rows["x"][:100]})
+    assert run_cli("inspect", out).stdout.count("oldest onnxruntime: 1.23") == 1

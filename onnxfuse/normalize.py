@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from collections.abc import Iterator, Sequence
@@ -253,7 +254,25 @@ def unify_versions(proto: onnx.ModelProto, label: str, versions: Versions) -> on
     proto = _convert_opset(proto, label, versions.opset)
     _set_opset_imports(proto, versions)
     proto.ir_version = versions.ir_version
+    _name_batch_dim(proto.graph)
     return proto
+
+
+def _name_batch_dim(graph: onnx.GraphProto) -> None:
+    """One name for the batch: the symbols on the inputs' first dims (torch's `s0`, `batch`) become `N`
+    on every input, output and value_info, so runtimes that unify symbols (tract) see one batch."""
+    batch = {
+        value.type.tensor_type.shape.dim[0].dim_param
+        for value in graph.input
+        if _first_dim_is_dynamic(value) and value.type.tensor_type.shape.dim[0].dim_param
+    } - {BATCH_DIM}
+    if not batch:
+        return
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param in batch:
+                    dim.dim_param = BATCH_DIM
 
 
 def _opset(proto: onnx.ModelProto, domain: str) -> int | None:
@@ -438,7 +457,7 @@ def _join_class_columns(graph: onnx.GraphProto) -> None:
     for tensor, columns in sorted(groups.items()):
         if len(columns) < 2 or sorted(columns) != list(range(count)):
             continue
-        outputs = list(graph.output)
+        outputs = [copy.deepcopy(o) for o in graph.output]
         first = next(i for i, o in enumerate(outputs) if o.name in columns.values())
         outputs.insert(first, helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, [BATCH_DIM, count]))
         del graph.output[:]
@@ -459,4 +478,5 @@ def _relax_regressor_shapes(graph: onnx.GraphProto) -> None:
         targets = int(attrs.get("n_targets", attrs.get("targets", 1)) or 1)
         dims = output.type.tensor_type.shape.dim if output.type.tensor_type.HasField("shape") else []
         if len(dims) != 2:
-            output.type.tensor_type.shape.CopyFrom(helper.make_tensor_shape_proto([BATCH_DIM, targets]))
+            elem = output.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
+            output.type.CopyFrom(helper.make_tensor_type_proto(elem, [BATCH_DIM, targets]))

@@ -230,3 +230,34 @@ def test_merge_writes_the_forced_opset_and_one_warning_line_when_a_source_cannot
     assert {o.domain: o.version for o in fused.opset_import}[""] == 23
     assert_runtimes_agree(out, {"features": rows["x"][:100]})
     assert run_cli("inspect", out).stdout.count("oldest onnxruntime: 1.23") == 1
+
+
+def _dim_params(model: onnx.ModelProto) -> set[str]:
+    values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    return {d.dim_param for v in values if v.type.HasField("tensor_type") for d in v.type.tensor_type.shape.dim}
+
+
+def test_merge_names_the_batch_dim_n_everywhere_when_a_torch_source_calls_it_otherwise(forest, rows, tmp_path):
+    torch = pytest.importorskip("torch")
+    model, x = forest
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    program = torch.onnx.export(
+        net, (torch.zeros(4, 2),), dynamo=True, dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+        input_names=["x"], output_names=["score"],
+    )  # fmt: skip
+    exported = program.model_proto
+    symbols = _dim_params(exported) - {""}
+    assert symbols and "N" not in symbols, f"torch names its batch itself: {symbols}"
+    first = save(to_onnx(model, x[:1], options={"zipmap": False}), tmp_path / "forest.onnx")
+    second = save(exported, tmp_path / "net.onnx")
+    data = write_csv(tmp_path / "rows.csv", rows, label="y3")
+    out = tmp_path / "fused.onnx"
+
+    result = run_cli("merge", first, second, "--features", "a,b,c", "--features", "d,e", "--data", data,
+                     "--target", "y", "-o", out, "--keep-model-outputs")  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    fused = assert_checker_and_portable(out)
+    assert _dim_params(fused) - {""} == {"N"}, _dim_params(fused)
+    assert_runtimes_agree(out, {"features": rows["x"][:100]})

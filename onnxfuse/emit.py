@@ -1,26 +1,39 @@
-"""Write the fused file: deterministic bytes, one file below 2 GB, atomically and only once verified."""
+"""Write the fused file: deterministic sealed bytes, one file below 2 GB, atomically and only once verified."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import external_data_helper
 
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.digest import (
+    DIGEST_KEY,
+    PLACEHOLDER,
+    check_recorded,
+    data_name,
+    external_locations,
+    is_data_name,
+    seal,
+)
+from onnxfuse.errors import OnnxfuseError, VerificationError
+from onnxfuse.load import file_sha256
 from onnxfuse.pack import INLINE_LIMIT, serialize, write_packed
 
 PROTOBUF_LIMIT = 2**31 - 1
 _MARGIN = 1 << 20
 PACKED, VIEW, LARGE = "packed.onnx", "view.onnx", "fused.onnx"
+_UNNAMED = "weights.data"  # the weights above 2 GB until their hash names them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +41,8 @@ class Staged:
     """The fused file, complete in the workspace: `view` is what verify reads, `moves` what emit renames."""
 
     view: Path
-    moves: tuple[tuple[Path, Path], ...]  # (temporary, destination), weights first
-
-
-def data_name(out: Path) -> str:
-    """The external-data file beside OUT (`fused.onnx` -> `fused.data`), used only above 2 GB."""
-    return out.with_suffix(".data").name if out.suffix else out.name + ".data"
+    moves: tuple[tuple[Path, Path], ...]  # (temporary, destination), OUT last
+    digest: str | None = None  # the sha256 sealed into OUT's `onnxfuse.digest`
 
 
 @contextlib.contextmanager
@@ -65,33 +74,119 @@ def workspace(out: Path, inputs: list[Path]) -> Iterator[Path]:
     raise OnnxfuseError(f"output {out}: cannot make a temporary folder in {out.parent}")
 
 
-def stage(model: ir.Model, folder: Path, *, out: Path, metadata: Mapping[str, str]) -> Staged:
-    """Write the final bytes into the workspace, once.
+def stage(
+    model: ir.Model, folder: Path, *, out: Path, metadata: Mapping[str, str], limit: int = PROTOBUF_LIMIT
+) -> Staged:
+    """Write the final bytes into the workspace, once, and seal them.
 
-    Rules: metadata is set as given (sorted); below protobuf's 2 GB limit the file
-    is self-contained, streamed tensor by tensor from the sources' memory-mapped
-    weights (never a second copy in memory), and verify reads those very bytes
-    through a small view model; above the limit the weights go to one `OUT.data`.
-    The model's graph and weights are not changed.
+    Rules: metadata is set as given (sorted) plus `onnxfuse.digest`, the sha256 of
+    the written bytes (see `onnxfuse.digest`); below `limit` (protobuf's 2 GB) the
+    file is self-contained, streamed tensor by tensor from the sources'
+    memory-mapped weights (never a second copy in memory), and verify reads those
+    very bytes through a small view model; above it the weights go to one
+    `OUT-stem.<16 hex of their sha256>.data` that OUT names. The model's graph and
+    weights are not changed.
     """
     model.metadata_props.clear()
-    model.metadata_props.update(sorted(metadata.items()))
+    model.metadata_props.update(sorted({**metadata, DIGEST_KEY: PLACEHOLDER}.items()))
     _keep_strings_inline(model)  # also makes string tables (e.g. class labels) serializable as bytes
     serialized = serialize(model)
-    if serialized.size < PROTOBUF_LIMIT - _MARGIN:
+    if serialized.size < limit - _MARGIN:
         packed = write_packed(serialized, folder / PACKED)
-        onnx.save(packed.view(), str(folder / VIEW))
-        return Staged(view=folder / VIEW, moves=((packed.path, out),))
-    data = data_name(out)
-    save_external(model, folder / LARGE, data)
-    return Staged(view=folder / LARGE, moves=((folder / data, out.parent / data), (folder / LARGE, out)))
+        digest = seal(packed.path)
+        onnx.save(packed.view(), str(folder / VIEW))  # the view's metadata keeps the placeholder: verify ignores it
+        return Staged(view=folder / VIEW, moves=((packed.path, out),), digest=digest)
+    data = _save_large(model, folder / LARGE, out)
+    moves = ((folder / data, out.parent / data),) if data else ()
+    return Staged(view=folder / LARGE, moves=(*moves, (folder / LARGE, out)), digest=seal(folder / LARGE))
+
+
+def _save_large(model: ir.Model, path: Path, out: Path) -> str | None:
+    """The graph at `path`, every weight in one file beside it named by its content hash; that name, if any."""
+    save_external(model, path, _UNNAMED)
+    weights = path.parent / _UNNAMED
+    if not weights.is_file() or weights.stat().st_size == 0:  # no tensor over 1 KB: nothing to put beside OUT
+        weights.unlink(missing_ok=True)
+        return None
+    name = data_name(out, file_sha256(weights))
+    os.replace(weights, path.parent / name)
+    proto = onnx.load(str(path), load_external_data=False)  # the graph only: every weight is external
+    for tensor in external_data_helper._get_all_tensors(proto):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = name
+    path.write_bytes(proto.SerializeToString(deterministic=True))
+    return name
+
+
+def check_sealed(staged: Staged) -> None:
+    """Verify's digest check at merge: the staged OUT records the digest emit just computed of its bytes."""
+    if staged.digest is None:
+        raise VerificationError("the staged file was not sealed")
+    check_recorded(staged.moves[-1][0], staged.digest)
 
 
 def emit(staged: Staged) -> None:
-    """Move the verified files into place: each complete and fsynced before its `os.replace`."""
-    for temporary, destination in staged.moves:
-        _fsync(temporary)
-        os.replace(temporary, destination)
+    """Move the verified files into place, OUT last: its rename is the one atomic switch.
+
+    Rules: each file is complete and fsynced before its `os.replace`; the weights'
+    file (named by its content hash, so it never overwrites another run's) goes
+    first, then OUT, so a reader, a kill or a failure at any point leaves an OUT
+    paired with its own weights; onnxfuse merges into one folder switch one at a
+    time (a lock on the folder); after the switch, the weights' files the previous
+    OUT named (onnxfuse's names for OUT only) that the new OUT does not name are
+    removed; if the switch fails, the files moved in for it are removed unless OUT
+    names them.
+    """
+    *first, (temporary, out) = staged.moves
+    with _locked(out.parent) as folder:
+        previous = owned_data_files(out)
+        moved = []
+        try:
+            for source, destination in first:
+                _fsync(source)
+                os.replace(source, destination)
+                moved.append(destination)
+            os.fsync(folder)
+            _fsync(temporary)
+            os.replace(temporary, out)
+        except BaseException:
+            _remove_unnamed(out, [path for path in moved if is_data_name(path.name, out)])
+            raise
+        os.fsync(folder)
+        _remove_unnamed(out, previous)
+
+
+def owned_data_files(out: Path) -> list[Path]:
+    """The weights' files beside OUT that OUT names and onnxfuse would have written for it (none if unreadable)."""
+    return [out.parent / name for name in _locations(out) if is_data_name(name, out)]
+
+
+def _locations(out: Path) -> list[str]:
+    if not out.is_file():
+        return []
+    try:
+        return external_locations(out)
+    except (OSError, ValueError):  # not an ONNX file (e.g. something the user had there): it names no weights
+        return []
+
+
+def _remove_unnamed(out: Path, candidates: Sequence[Path]) -> None:
+    named = set(_locations(out))
+    for path in candidates:
+        if path.name not in named:
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[int]:
+    """An exclusive lock on the folder (released when the process ends, however): switches one at a time."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield descriptor
+    finally:
+        os.close(descriptor)
 
 
 def save_external(model: ir.Model, path: Path, data: str) -> None:
@@ -135,7 +230,7 @@ def check_output(out: Path, inputs: list[Path]) -> None:
     if out.is_dir():
         raise OnnxfuseError(f"output {out}: is a folder")
     for path in inputs:
-        for candidate in (out, out.parent / data_name(out)):
+        for candidate in (out, *owned_data_files(out)):  # OUT is replaced, the weights' files it names removed
             if candidate.resolve() == path.resolve() or (
                 candidate.exists() and path.exists() and candidate.samefile(path)
             ):

@@ -11,7 +11,7 @@ import numpy as np
 from onnxfuse import __version__
 from onnxfuse.bind import InputBinding, bind
 from onnxfuse.data import Labelled, column_names, labelled_rows, read_table, verification_feeds
-from onnxfuse.emit import check_output, emit, fused_metadata, stage, workspace
+from onnxfuse.emit import check_output, check_sealed, emit, fused_metadata, stage, workspace
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.fuse import check_sources_fit, common_task, fuse, union_classes
 from onnxfuse.load import SourceModel, load_model
@@ -94,6 +94,7 @@ def _compile(spec: FuseSpec, sources, models, versions: Versions, *, table, inpu
         feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
         staged = stage(fused.model, folder, out=spec.output, metadata=metadata)
         verify(staged.view, models, binding, feeds=feeds)
+        check_sealed(staged)
         if spec.ort:
             staged = write_ort(staged, spec.output, feeds)
         emit(staged)

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from onnxfuse.bind import bind
-from onnxfuse.data import column_names, read_table, verification_feeds
+from onnxfuse.data import column_names, read_table, source_rows, verification_feeds
+from onnxfuse.digest import MissingDigest, check_digest
 from onnxfuse.errors import OnnxfuseError, VerificationError
+from onnxfuse.headcheck import verify_head
 from onnxfuse.load import file_sha256, load_model
 from onnxfuse.normalize import normalize
 from onnxfuse.spec import ModelSpec
@@ -24,8 +26,11 @@ def reverify(fused: Path, models: Sequence[Path], *, data: Path | None = None, s
     Rules: sources are matched to the file's `onnxfuse.sources` by sha256 (in any
     order; a file whose hash is not among them raises VerificationError naming it);
     every source must be given; inputs are bound to the recorded columns; rows come
-    from `data` or are seeded. Bad input raises OnnxfuseError; a difference
-    VerificationError.
+    from `data` or are seeded; on them each spliced copy equals its source file
+    (`verify`) and the head, fed the source files' outputs, gives the file's outputs
+    (`verify_head`); then the file's bytes and weights' files must be those merge
+    sealed (`onnxfuse.digest`; a file without one fails: nothing proves its head).
+    Bad input raises OnnxfuseError; a difference VerificationError.
     """
     proto = load_model(ModelSpec(fused), 0).proto
     sources = _recorded_sources(proto, fused)
@@ -37,14 +42,41 @@ def reverify(fused: Path, models: Sequence[Path], *, data: Path | None = None, s
     opsets = {o.domain: o.version for o in proto.opset_import}
     normalized, _ = normalize(loaded, target_opset=opsets.get(""))
     table = read_table(data) if data is not None else None
-    binding = bind(normalized, data_columns=column_names(table))
+    recorded_inputs = _metadata(proto)
+    dtype = recorded_inputs.get("onnxfuse.features_dtype", '"float32"')
+    binding = bind(normalized, data_columns=column_names(table), features_dtype=str(_json(dtype, fused)))
     recorded = json.loads(_metadata(proto)["onnxfuse.features"])
     if list(binding.features) != recorded:
         raise VerificationError(f"{fused.name}: its sources read columns {binding.features}, the file {recorded}")
+    strings = _json(recorded_inputs.get("onnxfuse.string_inputs", "[]"), fused)
+    if list(binding.strings) != strings:
+        raise VerificationError(f"{fused.name}: its sources read string columns {binding.strings}, the file {strings}")
     feeds = verification_feeds(binding, table, data, seed=seed)
     with _scratch(fused) as scratch:
-        verify(fused, normalized, binding, feeds=feeds, scratch=scratch)
+        verify(fused, normalized, binding, feeds=feeds, scratch=scratch, exact=source_rows(binding, table))
+        verify_head(fused, normalized, binding, feeds=feeds, scratch=scratch)
+    _check_digest(fused)
     return len(loaded)
+
+
+def _check_digest(fused: Path) -> None:
+    """Last, once the outputs are known to agree: so a difference they show is named first."""
+    try:
+        check_digest(fused)
+    except MissingDigest as exc:
+        raise VerificationError(
+            f"{exc}: its sources' copies and head agree on the verification rows, but other edits cannot be "
+            "ruled out; merge it again to seal it"
+        ) from exc
+    except VerificationError as exc:
+        raise VerificationError(f"its sources' copies and head agree on the verification rows, but {exc}") from exc
+
+
+def _json(text: str, fused: Path) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OnnxfuseError(f"{fused}: its onnxfuse metadata is not JSON ({text[:40]!r})") from exc
 
 
 def _metadata(proto) -> dict[str, str]:

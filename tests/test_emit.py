@@ -1,16 +1,22 @@
-"""emit: self-contained below 2 GB, OUT.data above, streamed from external data; atomic replace."""
+"""emit: self-contained below 2 GB, a content-named OUT-stem.<hash>.data above, sealed; one atomic switch."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs, run_cli
 from onnx import external_data_helper, helper, numpy_helper
 
-from onnxfuse import emit
+from onnxfuse import digest, emit, pipeline
+from onnxfuse.errors import OnnxfuseError
 
 
 def mlp_with_external_data(folder: Path, name: str, seed: int, hidden: int = 256) -> Path:
@@ -36,20 +42,32 @@ def external_sources(tmp_path: Path) -> list[Path]:
     return [mlp_with_external_data(tmp_path / "one", "one", 1), mlp_with_external_data(tmp_path / "two", "two", 2)]
 
 
-def merge(sources: list[Path], out: Path):
-    return run_cli(
-        "merge",
-        *sources,
-        "--features",
-        "a,b,c",
-        "--features",
-        "c,d,e",
-        "--fusion",
-        "mean",
-        "--keep-model-outputs",
-        "-o",
-        out,
-    )
+def merge(sources: list[Path], out: Path, features: tuple[str, str] = ("a,b,c", "c,d,e")):
+    flags = ("--features", features[0], "--features", features[1], "--fusion", "mean", "--keep-model-outputs")
+    return run_cli("merge", *sources, *flags, "-o", out)
+
+
+def lower_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every merge counts as over 2 GB: the same code path as `tests/test_large.py`, in seconds."""
+    monkeypatch.setattr(pipeline, "stage", functools.partial(emit.stage, limit=0))
+
+
+@pytest.fixture
+def over_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    lower_limit(monkeypatch)
+
+
+@pytest.fixture(params=[emit.PROTOBUF_LIMIT, 0], ids=["one_file", "out_data"])
+def limit(request: pytest.FixtureRequest) -> int:
+    return request.param
+
+
+def data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith(".data"))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def expected_prediction(sources: list[Path], x: np.ndarray) -> np.ndarray:
@@ -82,23 +100,136 @@ def test_emit_streams_bytes_that_protobuf_reads_back_equal(external_sources, tmp
     np.testing.assert_array_equal(by_name["m1/W1"], numpy_helper.to_array(source.graph.initializer[0]))
 
 
-def test_emit_puts_weights_in_out_data_above_the_protobuf_limit(external_sources, tmp_path, monkeypatch):
-    monkeypatch.setattr(emit, "PROTOBUF_LIMIT", emit._MARGIN)  # any model counts as "over 2 GB"
+def test_emit_puts_weights_in_a_content_named_data_file_when_over_the_limit(external_sources, tmp_path, over_limit):
     out = tmp_path / "fused.onnx"
     assert merge(external_sources, out).exit_code == 0
-    assert (tmp_path / "fused.data").is_file()
+    (data,) = data_files(tmp_path)
+    assert data.name == f"fused.{sha256(data)[:16]}.data"
+    assert digest.external_locations(out) == [data.name]
     model = onnx.load(str(out), load_external_data=False)
     locations = {
         external_data_helper.ExternalDataInfo(t).location
         for t in model.graph.initializer
         if external_data_helper.uses_external_data(t)
     }
-    assert locations == {"fused.data"}
+    assert locations == {data.name}
+    assert_checker_and_portable(out)
     x = np.random.default_rng(1).normal(size=(8, 5)).astype(np.float32)
-    np.testing.assert_allclose(
-        ort_outputs(out, {"features": x})["prediction"], expected_prediction(external_sources, x), rtol=1e-6
-    )
+    fused = assert_runtimes_agree(out, {"features": x})
+    np.testing.assert_allclose(fused["prediction"], expected_prediction(external_sources, x), rtol=1e-6)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    digest.check_digest(out)
+
+
+def test_emit_writes_identical_files_when_merged_twice_over_the_limit(external_sources, tmp_path, over_limit):
+    first, second = tmp_path / "first" / "fused.onnx", tmp_path / "second" / "fused.onnx"
+    for out in (first, second):
+        out.parent.mkdir()
+        assert merge(external_sources, out).exit_code == 0
+    assert first.read_bytes() == second.read_bytes()
+    assert [p.name for p in data_files(first.parent)] == [p.name for p in data_files(second.parent)]
+    assert data_files(first.parent)[0].read_bytes() == data_files(second.parent)[0].read_bytes()
+
+
+@pytest.mark.parametrize("second_over_limit", [True, False], ids=["to_out_data", "to_one_file"])
+def test_emit_removes_the_previous_data_file_after_the_switch(
+    external_sources, tmp_path, monkeypatch, second_over_limit
+):
+    out = tmp_path / "fused.onnx"
+    lower_limit(monkeypatch)
+    assert merge(external_sources, out).exit_code == 0
+    (previous,) = data_files(tmp_path)
+    if not second_over_limit:
+        monkeypatch.undo()
+    assert merge(list(reversed(external_sources)), out, features=("c,d,e", "a,b,c")).exit_code == 0
+    assert not previous.exists()
+    kept = data_files(tmp_path)
+    assert digest.external_locations(out) == [p.name for p in kept]
+    assert len(kept) == (1 if second_over_limit else 0)
+    x = np.random.default_rng(2).normal(size=(8, 5)).astype(np.float32)
+    fused = assert_runtimes_agree(out, {"features": x[:, [2, 3, 4, 0, 1]]})  # columns c,d,e,a,b now
+    np.testing.assert_allclose(fused["prediction"], expected_prediction(external_sources, x), rtol=1e-6)
+    digest.check_digest(out)
+
+
+def test_emit_keeps_the_previous_out_with_its_own_data_when_the_switch_fails(external_sources, tmp_path, monkeypatch):
+    """The rename of OUT fails after the new weights' file was moved in (as a kill between the two steps)."""
+    out = tmp_path / "fused.onnx"
+    lower_limit(monkeypatch)
+    assert merge(external_sources, out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    x = np.random.default_rng(3).normal(size=(8, 5)).astype(np.float32)
+    expected = ort_outputs(out, {"features": x})["prediction"]
+    real_replace, moved = os.replace, []
+
+    def replace_failing_at_out(source, destination):
+        if Path(destination) == out:
+            moved.extend(p.name for p in data_files(tmp_path))
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    model = ir.load(str(external_sources[1]))  # another model: its weights' file gets another name
+    with emit.workspace(out, []) as folder:
+        staged = emit.stage(model, folder, out=out, metadata={}, limit=0)
+        monkeypatch.setattr(os, "replace", replace_failing_at_out)
+        with pytest.raises(OSError, match="No space left"):
+            emit.emit(staged)
+        monkeypatch.setattr(os, "replace", real_replace)
+    assert len(moved) == 2, "the new weights' file was in place beside the old one when OUT's rename failed"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert_checker_and_portable(out)
+    fused = assert_runtimes_agree(out, {"features": x})
+    np.testing.assert_array_equal(fused["prediction"], expected)
+    digest.check_digest(out)
+
+
+def test_emit_leaves_data_files_of_other_names_when_replacing_out(tmp_path):
+    """Only onnxfuse's names for this OUT are removed: a user's own weights file stays."""
+    out = tmp_path / "fused.onnx"
+    mlp_with_external_data(tmp_path / "old", "fused", 4)
+    (tmp_path / "old" / "fused.data").rename(tmp_path / "weights.bin")
+    proto = onnx.load(str(tmp_path / "old" / "fused.onnx"), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        tensor.external_data[0].value = "weights.bin"  # the OUT being replaced names a user's weights.bin
+    onnx.save(proto, str(out))
+    model = ir.load(str(mlp_with_external_data(tmp_path / "new", "model", 5)))
+    with emit.workspace(out, []) as folder:
+        emit.emit(emit.stage(model, folder, out=out, metadata={}))
+    assert (tmp_path / "weights.bin").is_file()
+    assert digest.external_locations(out) == []
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_check_output_refuses_when_the_data_file_to_be_removed_is_an_input(external_sources, tmp_path, over_limit):
+    out = tmp_path / "fused.onnx"
+    assert merge(external_sources, out).exit_code == 0
+    (data,) = data_files(tmp_path)
+    with pytest.raises(OnnxfuseError, match=f"output {data}: is an input file"):
+        emit.check_output(out, [external_sources[0], data])
+
+
+def test_stage_seals_the_sha256_of_the_bytes_with_the_digest_zeroed(external_sources, tmp_path, limit):
+    out = tmp_path / "fused.onnx"
+    metadata = {"onnxfuse.version": '"0"'}
+    with emit.workspace(out, []) as folder:
+        staged = emit.stage(ir.load(str(external_sources[0])), folder, out=out, metadata=metadata, limit=limit)
+        written = staged.moves[-1][0].read_bytes()
+        emit.check_sealed(staged)
+    entries = {p.key: p.value for p in onnx.load_from_string(written).metadata_props}
+    assert sorted(entries) == [digest.DIGEST_KEY, "onnxfuse.version"]
+    recorded = json.loads(entries[digest.DIGEST_KEY])
+    assert written.count(recorded.encode()) == 1
+    zeroed = written.replace(recorded.encode(), b"sha256:" + b"0" * 64)
+    assert recorded == "sha256:" + hashlib.sha256(zeroed).hexdigest() == "sha256:" + staged.digest
+
+
+def test_data_name_is_out_stem_with_16_hex_of_the_content_hash():
+    assert digest.data_name(Path("dir/fused.onnx"), "0123456789abcdef" * 4) == "fused.0123456789abcdef.data"
+    assert digest.data_name(Path("fused"), "f" * 64) == "fused.ffffffffffffffff.data"
+    assert digest.is_data_name("fused.0123456789abcdef.data", Path("fused.onnx"))
+    assert digest.is_data_name("fused.data", Path("fused.onnx"))  # what onnxfuse wrote before content names
+    assert not digest.is_data_name("other.0123456789abcdef.data", Path("fused.onnx"))
+    assert not digest.is_data_name("fused.0123.data", Path("fused.onnx"))
 
 
 def test_emit_replaces_an_existing_out_only_after_success(external_sources, tmp_path):
@@ -107,11 +238,6 @@ def test_emit_replaces_an_existing_out_only_after_success(external_sources, tmp_
     assert merge(external_sources, out).exit_code == 0
     assert out.read_bytes() != b"old"
     onnx.checker.check_model(str(out))
-
-
-def test_data_name_is_out_with_the_data_suffix():
-    assert emit.data_name(Path("dir/fused.onnx")) == "fused.data"
-    assert emit.data_name(Path("fused")) == "fused.data"
 
 
 def test_metadata_json_sorts_keys_compactly():

@@ -383,7 +383,7 @@ def source_runners(
     """Sessions for each source file; roles from onnxfuse's own load/normalize/output_role."""
     from onnxfuse.load import load_model
     from onnxfuse.normalize import normalize
-    from onnxfuse.outputs import class_placement, meta_columns, output_role
+    from onnxfuse.roles import class_placement, meta_columns, output_role
     from onnxfuse.spec import ModelSpec
 
     loaded = tuple(load_model(ModelSpec(s.path, s.features), i) for i, s in enumerate(sources, start=1))

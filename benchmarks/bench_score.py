@@ -89,8 +89,8 @@ def _imports() -> None:
     import onnxfuse.bind
     import onnxfuse.load
     import onnxfuse.normalize
-    import onnxfuse.outputs
     import onnxfuse.pipeline
+    import onnxfuse.roles
     import onnxfuse.score
     import onnxfuse.splice  # noqa: F401
 
@@ -100,8 +100,8 @@ def _spliced(root: Path, features: int) -> tuple[Any, dict[str, Any], Any]:
     from onnxfuse.bind import bind
     from onnxfuse.load import load_model
     from onnxfuse.normalize import normalize
-    from onnxfuse.outputs import output_role
     from onnxfuse.pipeline import _scored_outputs
+    from onnxfuse.roles import output_role
     from onnxfuse.spec import ModelSpec
     from onnxfuse.splice import splice
 

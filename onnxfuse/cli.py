@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
@@ -18,7 +19,7 @@ from click.core import ParameterSource
 
 from onnxfuse import __version__
 from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning, VerificationError
-from onnxfuse.spec import FUSIONS, METAS, TASKS, FuseSpec, ModelSpec, read_spec
+from onnxfuse.spec import FEATURES_DTYPES, FUSIONS, METAS, TASKS, FuseSpec, ModelSpec, declare, read_spec
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -89,7 +90,15 @@ def cli() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="The fused .onnx file to write.")
 @click.option("--data", type=click.Path(path_type=Path), help="Rows (.csv, .parquet, .npz) to verify (and train) on.")
 @click.option("--target", help="The label column in --data.")
-@click.option("--features", "features", multiple=True, help="Columns of one model's input, 'f1,f2'; once per model.")
+@click.option(
+    "--features", "features", multiple=True,
+    help="Columns of one model's inputs, 'f1,f2': once per model in order ('-' binds that model by name), "
+    "or 'M:f1,f2' for model M (1-based) only.",
+)  # fmt: skip
+@click.option(
+    "--features-dtype", type=click.Choice(FEATURES_DTYPES), default="auto", show_default=True,
+    help="Element type of the packed `features` input; auto: float64 when a model reads a column as double.",
+)  # fmt: skip
 @click.option("--fusion", type=click.Choice(FUSIONS), default="stack", show_default=True)
 @click.option("--meta", type=click.Choice(METAS), default="linear", show_default=True)
 @click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True)
@@ -102,6 +111,11 @@ def cli() -> None:
 @click.option("--no-optimize", is_flag=True, help="Keep the plain splice.")
 @click.option("--ort", is_flag=True, help="Also write OUT.ort for mobile runtimes.")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the hold-out report as JSON.")
+@click.option(
+    "--declare", "declarations", multiple=True, metavar="M:KEY=VALUE",
+    help="What model M (1-based) outputs: probabilities|logits|log_probabilities|label|prediction=OUTPUT, "
+    "or classes=A,B,...; repeatable.",
+)  # fmt: skip
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="Read the options from a TOML file.")
 @click.pass_context
 def merge(ctx: click.Context, spec_file: Path | None, **flags) -> None:
@@ -117,7 +131,7 @@ def merge(ctx: click.Context, spec_file: Path | None, **flags) -> None:
         click.echo(format_table(result.fusion["holdout"]))
     also = f" (and {result.output.with_suffix('.ort').name} for mobile)" if result.ort else ""
     click.echo(
-        f"wrote {result.output}{also}: {len(result.features)} features, {result.task}{classes}, "
+        f"wrote {result.output}{also}: {len(result.features)} features, {result.task} ({result.why}){classes}, "
         f"ai.onnx {result.versions.opset}, ai.onnx.ml {result.versions.ml_opset}, IR {result.versions.ir_version}"
     )
 
@@ -157,7 +171,7 @@ def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseS
     """Flags, over the spec file's settings where a flag is given on the command line."""
     given = {name for name in flags if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     settings = read_spec(spec_file) if spec_file is not None else {}
-    models, features = flags.pop("models"), flags.pop("features")
+    models, features, declarations = flags.pop("models"), flags.pop("features"), flags.pop("declarations")
     flags["optimize"] = not flags.pop("no_optimize")
     if "no_optimize" in given:
         given.add("optimize")
@@ -165,11 +179,8 @@ def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseS
     options.update({name: value for name, value in settings.items() if name not in given and name != "models"})
     specs = settings.get("models", ()) if not models else tuple(ModelSpec(path) for path in models)
     if features:
-        if len(features) != len(specs):
-            raise OnnxfuseError(
-                f"--features is given {len(features)} times for {len(specs)} models; give it once per model"
-            )
-        specs = tuple(dataclasses.replace(s, features=_columns(f)) for s, f in zip(specs, features))
+        specs = _bound_features(specs, features)
+    specs = _declared(specs, declarations)
     if options.get("output") is None:
         raise OnnxfuseError("missing -o/--output OUT.onnx" + (" (or 'output' in the spec)" if spec_file else ""))
     return FuseSpec(models=specs, **options)
@@ -197,6 +208,54 @@ class _Progress:
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc_info)
+
+
+def _declared(specs: tuple[ModelSpec, ...], declarations: tuple[str, ...]) -> tuple[ModelSpec, ...]:
+    """`--declare M:KEY=VALUE` onto model M's spec (`classes` comma-separated; all integers read as ints)."""
+    specs = list(specs)
+    for text in declarations:
+        index, _, rest = text.partition(":")
+        key, equals, value = rest.partition("=")
+        if not index.strip().isdigit() or not equals or not 1 <= int(index) <= len(specs):
+            raise OnnxfuseError(
+                f"--declare '{text}': give M:KEY=VALUE with M a model number 1..{len(specs)}, e.g. 1:logits=output_0"
+            )
+        key, value = key.strip(), value.strip()
+        if key == "classes":
+            items = [c.strip() for c in value.split(",")]
+            ints = all(c.lstrip("-").isdigit() for c in items)
+            value = [int(c) for c in items] if ints else items
+        specs[int(index) - 1] = declare(specs[int(index) - 1], {key: value}, f"--declare '{text}'")
+    return tuple(specs)
+
+
+def _bound_features(specs: tuple[ModelSpec, ...], features: tuple[str, ...]) -> tuple[ModelSpec, ...]:
+    """`--features` once per model in order (`-`: bind by name), or indexed `M:cols` for some models."""
+    indexed = [re.match(r"(\d+):(.*)", text, re.DOTALL) for text in features]
+    if not any(indexed):
+        if len(features) != len(specs):
+            raise OnnxfuseError(
+                f"--features is given {len(features)} times for {len(specs)} models; give it once per model "
+                "('-' binds a model by name), or as M:f1,f2 for model M only"
+            )
+        return tuple(
+            dataclasses.replace(s, features=None if f.strip() == "-" else _columns(f)) for s, f in zip(specs, features)
+        )
+    if not all(indexed):
+        positional = next(text for text, match in zip(features, indexed) if match is None)
+        raise OnnxfuseError(
+            f"--features '{positional}' has no model index while others have one; "
+            "give every --features as M:f1,f2, or all of them in model order"
+        )
+    chosen: dict[int, tuple[str, ...]] = {}
+    for text, match in zip(features, indexed):
+        index = int(match.group(1))
+        if not 1 <= index <= len(specs):
+            raise OnnxfuseError(f"--features '{text}': there is no model {index}; models are 1 to {len(specs)}")
+        if index in chosen:
+            raise OnnxfuseError(f"--features '{text}': model {index} is given twice; give each model once")
+        chosen[index] = _columns(match.group(2))
+    return tuple(dataclasses.replace(s, features=chosen.get(i, s.features)) for i, s in enumerate(specs, start=1))
 
 
 def _columns(text: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnxfuse.bind import FEATURES
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.normalize import BATCH_DIM, ML, Versions, unify_versions
-from onnxfuse.outputs import Classes, OutputRole, class_placement
+from onnxfuse.roles import Classes, OutputRole, class_placement
 from onnxfuse.splice import Spliced, attach
 from onnxfuse.train import TrainedHead
 
@@ -32,6 +32,9 @@ class Fused:
 def common_task(roles: Sequence[OutputRole]) -> str:
     """mean / vote / gate combine like with like: all classifiers or all regressors."""
     tasks = sorted({role.task for role in roles})
+    for role in roles:
+        if role.task == "scores":
+            raise OnnxfuseError(_no_classes(role, "without --data and --target, the classes must be known"))
     if len(tasks) != 1:
         kinds = ", ".join(f"{r.model} is a {_KINDS[r.task]}" for r in roles)
         raise OnnxfuseError(
@@ -47,6 +50,8 @@ def check_sources_fit(roles: Sequence[OutputRole], method: str, task: str) -> No
     if method == "vote" and task == "regression":
         raise OnnxfuseError("--fusion vote needs classifiers; the target is a regression target (use mean or stack)")
     for role in roles:
+        if role.task == "scores" and task == "classification":
+            raise OnnxfuseError(_no_classes(role, f"--fusion {method} needs probabilities over known classes"))
         if role.task != task:
             kind = {"classification": "classifier", "regression": "regressor"}.get(
                 role.task, "model of unlabeled scores"
@@ -55,6 +60,14 @@ def check_sources_fit(roles: Sequence[OutputRole], method: str, task: str) -> No
                 f"{role.model} is a {kind} but the target is {task}; --fusion {method} mixes like with like "
                 "(use --fusion stack)"
             )
+
+
+def _no_classes(role: OutputRole, why: str) -> str:
+    return (
+        f"{role.model}: output '{role.prediction}' holds unlabeled scores (outputs {role.outputs}); {why}: "
+        f"declare them with --declare {role.index}:classes=A,B,... (or classes = [...] in its [[model]] table), "
+        "or use --fusion stack with --data and --target"
+    )
 
 
 def union_classes(roles: Sequence[OutputRole]) -> Classes:
@@ -112,18 +125,38 @@ def _signal(
     graph: ir.Graph, outputs: dict[str, ir.Value], role: OutputRole, classes, index: int, *, vote: bool
 ) -> ir.Value:
     if role.task == "scores":
-        return _as_float(graph, outputs[role.prediction or ""], f"m{index}/scores_float")
+        value = _as_float(graph, outputs[role.prediction or ""], f"m{index}/scores_float")
+        shape = _constant(graph, f"m{index}/scores_shape", np.array([-1, role.width or 1], dtype=np.int64))
+        return _add(graph, "Reshape", [value, shape], {}, f"m{index}/scores")
     if role.task == "regression":
         value = _as_float(graph, outputs[role.prediction or ""], f"m{index}/prediction_float")
         shape = _constant(graph, f"m{index}/column_shape", np.array([-1, 1], dtype=np.int64))
         return _add(graph, "Reshape", [value, shape], {}, f"m{index}/prediction_column")
     if vote:
         return _one_hot_vote(graph, outputs, role, classes, index)
-    probabilities = _as_float(graph, outputs[role.probabilities or ""], f"m{index}/probabilities_float")
+    probabilities = _own_probabilities(graph, outputs[role.probabilities or ""], role, index)
     if classes is None or tuple(role.classes or ()) == tuple(classes):
         return probabilities
     matrix = _constant(graph, f"m{index}/class_placement", class_placement(role, classes))
     return _add(graph, "MatMul", [probabilities, matrix], {}, f"m{index}/aligned_probabilities")
+
+
+def _own_probabilities(graph: ir.Graph, value: ir.Value, role: OutputRole, index: int) -> ir.Value:
+    """The source's signal as probabilities over its own classes (as roles.class_probabilities computes)."""
+    value = _as_float(graph, value, f"m{index}/signal_float")
+    if role.form == "logits":
+        return _add(graph, "Softmax", [value], {"axis": 1}, f"m{index}/softmax")
+    if role.form == "log_probabilities":
+        return _add(graph, "Exp", [value], {}, f"m{index}/exp")
+    if role.form not in ("positive", "logit"):
+        return value
+    shape = _constant(graph, f"m{index}/column_shape", np.array([-1, 1], dtype=np.int64))
+    positive = _add(graph, "Reshape", [value, shape], {}, f"m{index}/positive_column")
+    if role.form == "logit":
+        positive = _add(graph, "Sigmoid", [positive], {}, f"m{index}/sigmoid")
+    one = _constant(graph, f"m{index}/one", np.array(1.0, dtype=np.float32))
+    negative = _add(graph, "Sub", [one, positive], {}, f"m{index}/negative")
+    return _add(graph, "Concat", [negative, positive], {"axis": 1}, f"m{index}/two_classes")
 
 
 def _one_hot_vote(graph: ir.Graph, outputs, role: OutputRole, classes, index: int) -> ir.Value:
@@ -211,6 +244,8 @@ def _stack_head(model: ir.Model, signals: list[ir.Value], head: TrainedHead, *, 
 def _imputed_features(graph: ir.Graph, head: TrainedHead) -> ir.Value:
     """`features` with NaN read as the fusion rows' column means, as the head was trained."""
     features = next(v for v in graph.inputs if v.name == FEATURES)
+    if features.dtype != ir.DataType.FLOAT:  # float64 features: the head was trained and converted in float32
+        features = _add(graph, "Cast", [features], {"to": ir.DataType.FLOAT}, "features_float")
     missing = _add(graph, "IsNaN", [features], {}, "features_missing")
     mean = _constant(graph, "feature_means", head.standardizer.mean.reshape(1, -1))
     return _add(graph, "Where", [missing, mean, features], {}, "features_imputed")

@@ -10,16 +10,25 @@ import numpy as np
 
 from onnxfuse import __version__
 from onnxfuse.bind import InputBinding, bind
-from onnxfuse.data import Labelled, column_names, labelled_rows, read_table, verification_feeds
-from onnxfuse.emit import check_output, check_sealed, emit, fused_metadata, stage, workspace
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.data import Labelled, column_names, labelled_rows, read_table, source_rows, verification_feeds
+from onnxfuse.emit import check_output, check_sealed, emit, fused_metadata, metadata_json, stage, workspace
+from onnxfuse.errors import OnnxfuseError, warn
 from onnxfuse.fuse import check_sources_fit, common_task, fuse, union_classes
 from onnxfuse.load import SourceModel, load_model
 from onnxfuse.mobile import write_ort
 from onnxfuse.normalize import Versions, normalize
 from onnxfuse.optimize import optimize
-from onnxfuse.outputs import OutputRole, meta_columns, output_role
 from onnxfuse.report import write_report
+from onnxfuse.roles import (
+    OutputRole,
+    class_placement,
+    class_probabilities,
+    distribution_problem,
+    looks_like_classifier,
+    meta_columns,
+    output_role,
+    scores_refusal,
+)
 from onnxfuse.spec import FuseSpec
 from onnxfuse.splice import Spliced, splice
 from onnxfuse.train import HeadOptions, TrainedHead, equal_weights
@@ -40,6 +49,7 @@ class FuseResult:
     fusion: dict
     head: TrainedHead
     ort: bool = False
+    why: str = ""  # why the task was chosen, for the summary line
 
 
 def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None) -> FuseResult:
@@ -58,18 +68,28 @@ def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None)
 
 def _compile(spec: FuseSpec, sources, models, versions: Versions, *, table, inputs, progress) -> FuseResult:
     """bind -> splice -> fuse (score, train) -> optimize -> verify -> emit, for `merge`."""
-    binding = bind(models, data_columns=column_names(table))
-    roles = [output_role(model) for model in models]
-    labelled = labelled_rows(table, binding, spec.data, target=spec.target, task=spec.task) if spec.target else None
+    binding = bind(models, data_columns=column_names(table), features_dtype=spec.features_dtype)
+    classifiers = any(looks_like_classifier(model) for model in models)
+    labelled = (
+        labelled_rows(table, binding, spec.data, target=spec.target, task=spec.task, classifiers=classifiers)
+        if spec.target
+        else None
+    )
+    roles = [
+        output_role(model, task=labelled.task, classes=labelled.classes) if labelled else output_role(model)
+        for model in models
+    ]
     task, classes = _label_space(roles, labelled, spec)
     check_sources_fit(roles, spec.fusion, task)
     spliced = splice(models, binding, versions)
     options = HeadOptions(spec.fusion, spec.meta, spec.passthrough, spec.holdout, spec.seed)
     with workspace(spec.output, inputs) as folder:
+        feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
         if labelled is None:
+            roles = _checked_roles(roles, _score(spliced, roles, feeds, folder=folder), spec.fusion)
             head = equal_weights(options, len(models))
         else:
-            head = _trained_head(
+            head, roles = _trained_head(
                 spliced, roles, labelled, options, folder=folder, names=_names(sources), spec=spec, progress=progress
             )
         fused = fuse(
@@ -91,9 +111,9 @@ def _compile(spec: FuseSpec, sources, models, versions: Versions, *, table, inpu
             fusion=metadata_fusion,
             version=__version__,
         )
-        feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
+        metadata.update({key: metadata_json(value) for key, value in binding.metadata().items()})
         staged = stage(fused.model, folder, out=spec.output, metadata=metadata)
-        verify(staged.view, models, binding, feeds=feeds)
+        verify(staged.view, models, binding, feeds=feeds, exact=source_rows(binding, table))
         check_sealed(staged)
         if spec.ort:
             staged = write_ort(staged, spec.output, feeds)
@@ -101,7 +121,8 @@ def _compile(spec: FuseSpec, sources, models, versions: Versions, *, table, inpu
     if spec.report is not None:
         write_report(spec.report, metadata_fusion)
     return FuseResult(
-        spec.output, binding.features, fused.classes, fused.task, versions, metadata_fusion, head, ort=spec.ort
+        spec.output, binding.features, fused.classes, fused.task, versions, metadata_fusion, head, ort=spec.ort,
+        why=labelled.why if labelled is not None else f"the sources are {fused.task} models",
     )
 
 
@@ -122,24 +143,52 @@ def _label_space(roles: Sequence[OutputRole], labelled: Labelled | None, spec: F
 
 def _trained_head(
     spliced: Spliced, roles, labelled: Labelled, options: HeadOptions, *, folder, names, spec, progress
-) -> TrainedHead:
+) -> tuple[TrainedHead, list[OutputRole]]:
+    """Score the sources on the labelled rows, check their probabilities, train the head."""
     from onnxfuse.heads import Signals, one_hot  # training-only imports
-    from onnxfuse.score import score
     from onnxfuse.train import train_head
 
-    wanted = _scored_outputs(spliced, roles, vote=options.method == "vote")
     counter = (lambda done: progress(done, labelled.rows)) if progress else None
-    scores = score(spliced.model, wanted, labelled.feeds, folder=folder, progress=counter)
+    vote = options.method == "vote"
+    scores = _score(spliced, roles, labelled.feeds, folder=folder, vote=vote, progress=counter)
+    roles = _checked_roles(roles, scores, options.method)
     per_model = tuple(_signal_array(scores, roles, i, labelled.classes) for i in range(len(roles)))
     signals = Signals(per_model, tuple(meta_columns(r, labelled.classes) for r in roles))
     votes = None
-    if options.method == "vote":
+    if vote:
         labels = [
             scores.get(f"{i}/label", _argmax_labels(signal, labelled.classes)) for i, signal in enumerate(per_model)
         ]
         votes = Signals(tuple(one_hot(label, labelled.classes) for label in labels), signals.meta_columns)
     named = [(name, role.task == labelled.task) for name, role in zip(names, roles)]
-    return train_head(signals, labelled, options, votes=votes, names=named, target=spec.target)
+    return train_head(signals, labelled, options, votes=votes, names=named, target=spec.target), roles
+
+
+def _score(spliced: Spliced, roles, feeds: dict, *, folder, vote: bool = False, progress=None) -> dict:
+    from onnxfuse.score import score  # onnxruntime is imported where sources are scored
+
+    return score(spliced.model, _scored_outputs(spliced, roles, vote=vote), feeds, folder=folder, progress=progress)
+
+
+def _checked_roles(roles: Sequence[OutputRole], scores: dict, method: str) -> list[OutputRole]:
+    """A `probabilities` output must hold distributions on the scored rows; else it is scores (stack) or refused."""
+    checked = []
+    for index, role in enumerate(roles):
+        values = scores[f"{index}/signal"]
+        values = values.reshape(len(values), -1)
+        finite = values[np.isfinite(values).all(axis=1)]
+        problem = distribution_problem(finite) if role.form == "probabilities" else None
+        if problem is None:
+            checked.append(role)
+            continue
+        if method != "stack":
+            raise OnnxfuseError(scores_refusal(role, problem, method))
+        warn(
+            f"{role.model}: output '{role.probabilities}' holds scores, not probabilities ({problem}); "
+            "the stacking head reads its raw columns"
+        )
+        checked.append(role.as_scores())
+    return checked
 
 
 def _argmax_labels(probabilities: np.ndarray, classes: tuple) -> np.ndarray:
@@ -149,23 +198,18 @@ def _argmax_labels(probabilities: np.ndarray, classes: tuple) -> np.ndarray:
 def _scored_outputs(spliced: Spliced, roles: Sequence[OutputRole], *, vote: bool) -> dict:
     wanted = {}
     for index, (outputs, role) in enumerate(zip(spliced.outputs, roles)):
-        if role.task != "classification":
-            wanted[f"{index}/prediction"] = outputs[role.prediction]
-            continue
-        wanted[f"{index}/probabilities"] = outputs[role.probabilities]
+        wanted[f"{index}/signal"] = outputs[role.probabilities or role.prediction]
         if vote and role.label is not None:
             wanted[f"{index}/label"] = outputs[role.label]
     return wanted
 
 
 def _signal_array(scores: dict, roles: Sequence[OutputRole], index: int, classes: tuple | None) -> np.ndarray:
-    from onnxfuse.outputs import class_placement
-
-    role = roles[index]
+    """What `fuse` computes in the graph from the same outputs: probabilities over the target's classes."""
+    role, values = roles[index], scores[f"{index}/signal"]
     if role.task != "classification":
-        prediction = scores[f"{index}/prediction"].astype(np.float32)
-        return prediction.reshape(len(prediction), -1)
-    probabilities = scores[f"{index}/probabilities"].astype(np.float32)
+        return values.astype(np.float32).reshape(len(values), -1)
+    probabilities = class_probabilities(role, values)
     return probabilities @ class_placement(role, classes) if classes is not None else probabilities
 
 

@@ -11,6 +11,7 @@ from onnxfuse.errors import OnnxfuseError
 FUSIONS = ("stack", "mean", "vote", "gate")
 METAS = ("linear", "mlp", "gbdt")
 TASKS = ("auto", "classification", "regression")
+FEATURES_DTYPES = ("auto", "float32", "float64")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +21,13 @@ class ModelSpec:
     path: Path
     features: tuple[str, ...] | None = None
     name: str | None = None
+    # declarations for what onnxfuse cannot infer (see roles.output_role): output names, and the class list
+    probabilities: str | None = None
+    logits: str | None = None
+    log_probabilities: str | None = None
+    label: str | None = None
+    prediction: str | None = None
+    classes: tuple[str, ...] | tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +50,15 @@ class FuseSpec:
     optimize: bool = True
     ort: bool = False
     report: Path | None = None
+    features_dtype: str = "auto"  # of the packed `features`; auto: float64 when a source reads a column as double
 
 
 SPEC_KEYS = (
     "output", "data", "target", "fusion", "meta", "task", "passthrough", "holdout", "seed",
-    "target_opset", "max_ir_version", "keep_model_outputs", "no_optimize", "ort", "report", "model",
+    "target_opset", "max_ir_version", "keep_model_outputs", "no_optimize", "ort", "report", "features_dtype", "model",
 )  # fmt: skip
-MODEL_KEYS = ("path", "features", "name")
+DECLARED_OUTPUTS = ("probabilities", "logits", "log_probabilities", "label", "prediction")
+MODEL_KEYS = ("path", "features", "name", *DECLARED_OUTPUTS, "classes")
 _PATH_KEYS = ("output", "data", "report")
 
 
@@ -99,7 +109,30 @@ def _model_spec(table: object, folder: Path, where: str) -> ModelSpec:
     name = table.get("name")
     if name is not None and not isinstance(name, str):
         raise OnnxfuseError(f"{where}: 'name' must be a string")
-    return ModelSpec(_under(folder, table["path"], where), tuple(features) if features is not None else None, name)
+    model = ModelSpec(_under(folder, table["path"], where), tuple(features) if features is not None else None, name)
+    return declare(model, {key: table[key] for key in (*DECLARED_OUTPUTS, "classes") if key in table}, where)
+
+
+def declare(model: ModelSpec, declarations: dict, where: str) -> ModelSpec:
+    """A model with output declarations: output names are strings, `classes` a list of all-str or all-int."""
+    known = (*DECLARED_OUTPUTS, "classes")
+    for key, value in declarations.items():
+        if key not in known:
+            raise OnnxfuseError(f"{where}: unknown declaration '{key}'; known: {', '.join(known)}")
+        if key == "classes":
+            declarations[key] = _class_list(value, where)
+        elif not isinstance(value, str) or not value:
+            raise OnnxfuseError(f"{where}: '{key}' must name one output of the model (a string)")
+    return dataclasses.replace(model, **declarations)
+
+
+def _class_list(value: object, where: str) -> tuple:
+    items = list(value) if isinstance(value, list | tuple) else []
+    strings = all(isinstance(c, str) and c for c in items)
+    ints = all(isinstance(c, int) and not isinstance(c, bool) for c in items)
+    if len(items) < 2 or len(set(items)) != len(items) or not (strings or ints):
+        raise OnnxfuseError(f"{where}: 'classes' must list two or more distinct labels, all strings or all integers")
+    return tuple(items)
 
 
 def _under(folder: Path, value: object, where: str) -> Path:
@@ -112,8 +145,9 @@ def _under(folder: Path, value: object, where: str) -> Path:
 _TYPES = {
     "fusion": str, "meta": str, "task": str, "target": str, "passthrough": bool, "holdout": (int, float),
     "seed": int, "target_opset": int, "max_ir_version": int, "keep_model_outputs": bool, "optimize": bool, "ort": bool,
+    "features_dtype": str,
 }  # fmt: skip
-_CHOICES = {"fusion": FUSIONS, "meta": METAS, "task": TASKS}
+_CHOICES = {"fusion": FUSIONS, "meta": METAS, "task": TASKS, "features_dtype": FEATURES_DTYPES}
 
 
 def _check_types(options: dict, where: str) -> None:

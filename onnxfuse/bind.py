@@ -11,6 +11,12 @@ from onnxfuse.errors import OnnxfuseError
 from onnxfuse.normalize import NormalizedModel
 
 FEATURES = "features"
+CONTRACT_OUTPUTS = ("label", "probabilities", "prediction", "available", "source_effects")
+FEATURES_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE}
+_INTEGERS = {
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+}  # fmt: skip
 _NUMERIC = {
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
     onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
@@ -27,6 +33,15 @@ class InputBinding:
     rank: int
     columns: tuple[str, ...] | None = None  # None: a shared input under its own name
 
+    @property
+    def is_string(self) -> bool:
+        """A string column input: fed from the fused string input named after its one column."""
+        return self.columns is not None and self.elem_type == onnx.TensorProto.STRING
+
+    @property
+    def is_integer(self) -> bool:
+        return self.elem_type in _INTEGERS
+
 
 @dataclasses.dataclass(frozen=True)
 class Binding:
@@ -35,28 +50,91 @@ class Binding:
     features: tuple[str, ...]
     models: tuple[tuple[InputBinding, ...], ...]
     shared: tuple[onnx.ValueInfoProto, ...]
+    strings: tuple[str, ...] = ()  # string columns, each a fused input `string [N, 1]` of its name
+    dtype: int = onnx.TensorProto.FLOAT  # of `features`
+    labels: tuple[str, ...] = ()  # each model's `source.label`, for messages
 
     def column_index(self, column: str) -> int:
         return self.features.index(column)
 
+    @property
+    def dtype_name(self) -> str:
+        return next(name for name, code in FEATURES_DTYPES.items() if code == self.dtype)
 
-def bind(models: Sequence[NormalizedModel], *, data_columns: Sequence[str] | None = None) -> Binding:
+    def readers(self, column: str) -> list[tuple[str, InputBinding]]:
+        """(model label, input) of every numeric model input that reads `column` from `features`."""
+        return [
+            (label, b)
+            for label, model in zip(self.labels, self.models)
+            for b in model
+            if b.columns is not None and not b.is_string and column in b.columns
+        ]
+
+    def metadata(self) -> dict[str, object]:
+        """What the file records about its inputs beyond `onnxfuse.features`; defaults are left out."""
+        recorded: dict[str, object] = {}
+        if self.strings:
+            recorded["onnxfuse.string_inputs"] = list(self.strings)
+        if self.features and self.dtype != onnx.TensorProto.FLOAT:
+            recorded["onnxfuse.features_dtype"] = self.dtype_name
+        return recorded
+
+
+def bind(
+    models: Sequence[NormalizedModel], *, data_columns: Sequence[str] | None = None, features_dtype: str = "auto"
+) -> Binding:
     """Bind every model input.
 
-    Rules: a model with `features` takes them in order across its numeric rank-1/2
-    inputs, each input as many columns as its width; without `features`, a
+    Rules: column inputs are numeric rank-1/2 inputs and string inputs one column
+    wide (`[N]` or `[N, 1]`). A model with `features` takes them in order across its
+    column inputs, each input as many columns as its width; without `features`, a
     one-column input is bound to the column of its own name; other inputs (images,
-    strings) become graph inputs of their own name, shared across models when name,
-    type and shape agree. `features` lists the columns in first-appearance order.
+    wider strings) become graph inputs of their own name, shared across models when
+    name, type and shape agree. Numeric columns are packed into `features`, in
+    first-appearance order; each string column is one input of its own name, shared
+    by every model that reads it, and may not be named `features` or like a contract
+    output, nor be read as numbers elsewhere. `features` is float64 when
+    `features_dtype` says so, or (`auto`) when any model reads a column as double.
     Every mismatch is an error naming the model, the input and the columns.
     """
     bindings = tuple(_bind_model(model, data_columns) for model in models)
-    features: dict[str, None] = {}
-    for model_bindings in bindings:
+    labels = tuple(model.source.label for model in models)
+    features: dict[str, str] = {}
+    strings: dict[str, str] = {}
+    for label, model_bindings in zip(labels, bindings):
         for binding in model_bindings:
-            features.update(dict.fromkeys(binding.columns or ()))
-    shared = _shared_inputs(models, bindings, has_features=bool(features))
-    return Binding(features=tuple(features), models=bindings, shared=shared)
+            for column in binding.columns or ():
+                (strings if binding.is_string else features).setdefault(column, f"{label}'s input '{binding.name}'")
+    _check_string_columns(features, strings)
+    shared = _shared_inputs(models, bindings, has_features=bool(features), strings=strings)
+    dtype = _features_dtype(features_dtype, bindings)
+    return Binding(tuple(features), bindings, shared, strings=tuple(strings), dtype=dtype, labels=labels)
+
+
+def _check_string_columns(features: dict[str, str], strings: dict[str, str]) -> None:
+    for column, reader in strings.items():
+        if column == FEATURES or column in CONTRACT_OUTPUTS:
+            raise OnnxfuseError(
+                f"{reader} reads string column '{column}', a name the fused model uses for its "
+                f"{'packed input' if column == FEATURES else 'output'}; rename the column in the data "
+                "and bind it with --features"
+            )
+        if column in features:
+            raise OnnxfuseError(
+                f"column '{column}' is read as strings by {reader} and as numbers by {features[column]}; "
+                "a column has one type: bind one of them to another column with --features"
+            )
+
+
+def _features_dtype(choice: str, bindings: Sequence[tuple[InputBinding, ...]]) -> int:
+    if choice == "auto":
+        double = any(
+            b.elem_type == onnx.TensorProto.DOUBLE and b.columns is not None for model in bindings for b in model
+        )
+        return onnx.TensorProto.DOUBLE if double else onnx.TensorProto.FLOAT
+    if choice not in FEATURES_DTYPES:
+        raise OnnxfuseError(f"--features-dtype {choice}: give auto, float32 or float64")
+    return FEATURES_DTYPES[choice]
 
 
 def graph_inputs(model: NormalizedModel) -> list[onnx.ValueInfoProto]:
@@ -81,7 +159,10 @@ def _bind_model(model: NormalizedModel, data_columns: Sequence[str] | None) -> t
         if len(set(wanted)) != len(wanted):
             raise OnnxfuseError(f"{label}: --features repeats a column ({','.join(wanted)})")
         if not column_inputs:
-            raise OnnxfuseError(f"{label}: --features given but the model has no numeric rank-1 or rank-2 input")
+            raise OnnxfuseError(
+                f"{label}: --features given but the model has no numeric rank-1 or rank-2 input "
+                "and no one-column string input"
+            )
         bound = _split_columns(column_inputs, tuple(wanted), label)
     else:
         bound = {i.name: _columns_by_name(i, label, data_columns) for i in column_inputs}
@@ -137,7 +218,11 @@ def _columns_by_name(value: onnx.ValueInfoProto, label: str, data_columns: Seque
 
 
 def _shared_inputs(
-    models: Sequence[NormalizedModel], bindings: Sequence[tuple[InputBinding, ...]], *, has_features: bool
+    models: Sequence[NormalizedModel],
+    bindings: Sequence[tuple[InputBinding, ...]],
+    *,
+    has_features: bool,
+    strings: dict[str, str],
 ) -> tuple[onnx.ValueInfoProto, ...]:
     shared: dict[str, tuple[onnx.ValueInfoProto, str]] = {}
     for model, model_bindings in zip(models, bindings):
@@ -150,6 +235,11 @@ def _shared_inputs(
                 raise OnnxfuseError(
                     f"{model.source.label}: input '{FEATURES}' is not bound to columns but its name is "
                     "the fused model's packed input; bind it with --features"
+                )
+            if value.name in strings:
+                raise OnnxfuseError(
+                    f"{model.source.label}: input '{value.name}' is not bound to columns but its name is that of "
+                    f"the string column {strings[value.name]} reads; rename one of them"
                 )
             if value.name in shared and not _compatible(shared[value.name][0], value):
                 raise OnnxfuseError(
@@ -174,6 +264,8 @@ def _compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto) -> bool:
 
 
 def _is_column_input(value: onnx.ValueInfoProto) -> bool:
+    if elem_type(value) == onnx.TensorProto.STRING:
+        return rank(value) in (1, 2) and _width(value) == 1
     return elem_type(value) in _NUMERIC and rank(value) in (1, 2)
 
 

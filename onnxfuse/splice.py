@@ -31,8 +31,10 @@ def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versio
 
     Rules: model i's every name (nodes, values, initializers, subgraph values and
     their outer-scope references, local functions and their call sites) gets the
-    prefix `m{i}/`; its column inputs read `Gather(features, columns, axis=1)`
-    (plus a Cast to the type it wants), its other inputs the shared graph input of
+    prefix `m{i}/`; its numeric column inputs read `Gather(features, columns, axis=1)`
+    (plus a Cast where it wants another type than `features`' float32 or float64), its
+    string column inputs the fused `string [N, 1]` input of the column's name (a
+    Reshape to `[N]` for a rank-1 input), its other inputs the shared graph input of
     the same name; local functions are inlined so only standard domains remain.
     Each model is deserialized anew from its proto, so no source is mutated.
     """
@@ -42,17 +44,16 @@ def splice(models: Sequence[NormalizedModel], binding: Binding, versions: Versio
     )  # fmt: skip
     model = ir.Model(fused, ir_version=versions.ir_version, producer_name="onnxfuse")
     if binding.features:
-        fused.inputs.append(ir.val(FEATURES, ir.DataType.FLOAT, [BATCH_DIM, len(binding.features)]))
+        fused.inputs.append(ir.val(FEATURES, ir.DataType(binding.dtype), [BATCH_DIM, len(binding.features)]))
+    for column in binding.strings:
+        fused.inputs.append(ir.val(column, ir.DataType.STRING, [BATCH_DIM, 1]))
     for value_info in binding.shared:
         fused.inputs.append(ir.serde.deserialize_value_info_proto(value_info, None))
     shared = {v.name: v for v in fused.inputs}
     outputs = []
     for index, (normalized, bindings) in enumerate(zip(models, binding.models), start=1):
         prefix = f"m{index}/"
-        feeds = {
-            b.name: shared[b.name] if b.columns is None else _gather_columns(fused, b, binding, prefix=prefix)
-            for b in bindings
-        }
+        feeds = {b.name: _feed(fused, b, binding, shared, prefix=prefix) for b in bindings}
         folder = normalized.source.path.resolve().parent
         label = normalized.source.label
         outputs.append(attach(model, normalized.proto, prefix=prefix, inputs=feeds, label=label, base_dir=folder))
@@ -145,6 +146,27 @@ def _call_sites(model: ir.Model) -> list[ir.Node]:
     return nodes
 
 
+def _feed(
+    fused: ir.Graph, input_binding: InputBinding, binding: Binding, shared: dict[str, ir.Value], *, prefix: str
+) -> ir.Value:
+    """What one model input reads in the fused graph."""
+    if input_binding.columns is None:
+        return shared[input_binding.name]
+    if not input_binding.is_string:
+        return _gather_columns(fused, input_binding, binding, prefix=prefix)
+    column = shared[input_binding.columns[0]]
+    if input_binding.rank == 2:
+        return column
+    base = f"{prefix}bind/{input_binding.name}"
+    shape = ir.val(f"{base}/shape", const_value=ir.tensor(np.array([-1], dtype=np.int64), name=f"{base}/shape"))
+    shape.type, shape.shape = ir.TensorType(ir.DataType.INT64), ir.Shape([1])
+    fused.register_initializer(shape)
+    reshape = ir.node("Reshape", [column, shape], name=f"{base}/Reshape")
+    reshape.outputs[0].name = f"{base}/reshaped"
+    fused.append(reshape)
+    return reshape.outputs[0]
+
+
 def _gather_columns(fused: ir.Graph, input_binding: InputBinding, binding: Binding, *, prefix: str) -> ir.Value:
     """`Gather(features, [columns], axis=1)`, then Cast when the model wants another type."""
     indices = [binding.column_index(c) for c in input_binding.columns or ()]
@@ -157,7 +179,7 @@ def _gather_columns(fused: ir.Graph, input_binding: InputBinding, binding: Bindi
     gather.outputs[0].name = f"{base}/gathered"
     fused.append(gather)
     wanted = ir.DataType(input_binding.elem_type)
-    if wanted == ir.DataType.FLOAT:
+    if wanted == ir.DataType(binding.dtype):
         return gather.outputs[0]
     cast = ir.node("Cast", [gather.outputs[0]], {"to": wanted}, name=f"{base}/Cast")
     cast.outputs[0].name = f"{base}/cast"

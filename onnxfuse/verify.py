@@ -39,6 +39,7 @@ def verify(
     *,
     feeds: Mapping[str, np.ndarray],
     scratch: Path | None = None,
+    exact: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Raise VerificationError unless the staged model is sound.
 
@@ -49,7 +50,11 @@ def verify(
     Rules: `check_model(full_check=True)` passes; nodes and opset imports use only
     ai.onnx / ai.onnx.ml; each spliced copy `m{i}/<output>` equals source i run
     alone in onnxruntime on the same rows (ZipMap outputs read in class order);
-    onnxruntime and onnx's ReferenceEvaluator agree on every output.
+    onnxruntime and onnx's ReferenceEvaluator agree on every output. `exact` holds
+    the data's own values of packed columns (`data.source_rows`): sources are fed
+    those, at their own precision, so a loss in the fused `features` cannot pass; a
+    difference a narrower `features` explains is an error naming the model, input and
+    column (use `--features-dtype float64`).
     """
     try:
         onnx.checker.check_model(str(staged), full_check=True)
@@ -61,7 +66,7 @@ def verify(
     verify_path = _with_model_outputs(proto, scratch or staged.parent / VERIFY_FILE, names)
     fused = run_onnxruntime(verify_path, feeds)
     for index, model in enumerate(models, start=1):
-        expected = run_source(model, binding.models[index - 1], binding, feeds)
+        expected = run_source(model, binding.models[index - 1], binding, feeds, exact=exact)
         kept = {name: value for name, value in expected.items() if f"m{index}/{name}" in fused}
         if not kept:
             raise VerificationError(f"no output of model {index} is left in the fused graph")
@@ -69,6 +74,7 @@ def verify(
             try:
                 compare(f"m{index}/{name}", fused[f"m{index}/{name}"], value, SOURCE_TOLERANCE, f"model {index} alone")
             except VerificationError as exc:
+                _blame_precision(model, binding.models[index - 1], binding, feeds, exact, exc)
                 if model.lowered_from is None:
                     raise
                 target = next(o.version for o in model.proto.opset_import if o.domain == "")
@@ -127,17 +133,24 @@ def run_onnxruntime(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np
 
 
 def run_source(
-    model: NormalizedModel, bindings, binding: Binding, feeds: Mapping[str, np.ndarray]
+    model: NormalizedModel,
+    bindings,
+    binding: Binding,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    exact: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Outputs of the source file alone, fed the same rows the fused model read."""
+    """Outputs of the source file alone, fed the rows the fused model read (packed columns at the
+    data's own precision where `exact` holds them)."""
     source_feeds = {}
     for input_binding in bindings:
         if input_binding.columns is None:
             source_feeds[input_binding.name] = feeds[input_binding.name]
-            continue
-        columns = [binding.column_index(c) for c in input_binding.columns]
-        block = feeds[FEATURES][:, columns[0] if input_binding.rank == 1 else columns]
-        source_feeds[input_binding.name] = block.astype(helper.tensor_dtype_to_np_dtype(input_binding.elem_type))
+        elif input_binding.is_string:
+            column = feeds[input_binding.columns[0]]
+            source_feeds[input_binding.name] = column.reshape(-1) if input_binding.rank == 1 else column
+        else:
+            source_feeds[input_binding.name] = _source_block(input_binding, binding, feeds, exact or {})
     try:
         session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
@@ -147,6 +160,38 @@ def run_source(
     for name, classes in model.zipmap_classes.items():
         results[name] = np.array([[row[c] for c in classes] for row in results[name]], dtype=np.float32)
     return results
+
+
+def _source_block(input_binding, binding: Binding, feeds: Mapping[str, np.ndarray], exact: Mapping) -> np.ndarray:
+    columns = input_binding.columns
+    if all(c in exact for c in columns):
+        block = np.stack([np.asarray(exact[c]).astype(np.float64) for c in columns], axis=1)
+    else:
+        block = feeds[FEATURES][:, [binding.column_index(c) for c in columns]]
+    block = block[:, 0] if input_binding.rank == 1 else block
+    return block.astype(helper.tensor_dtype_to_np_dtype(input_binding.elem_type))
+
+
+def _blame_precision(model: NormalizedModel, bindings, binding: Binding, feeds, exact, exc: Exception) -> None:
+    """A source differs and one of its inputs is wider than `features`, whose copy of a column it reads
+    lost digits: the user's choice of `--features-dtype`, not an internal failure."""
+    narrow = np.dtype(helper.tensor_dtype_to_np_dtype(binding.dtype))
+    for input_binding in bindings:
+        if input_binding.columns is None or input_binding.is_string or not exact:
+            continue
+        wanted = np.dtype(helper.tensor_dtype_to_np_dtype(input_binding.elem_type))
+        if wanted.itemsize <= narrow.itemsize and wanted.kind == "f":
+            continue
+        for column in input_binding.columns:
+            if column not in exact:
+                continue
+            packed = feeds[FEATURES][:, binding.column_index(column)].astype(np.float64)
+            if not np.array_equal(packed, np.asarray(exact[column]).astype(np.float64), equal_nan=True):
+                raise OnnxfuseError(
+                    f"{model.source.label}: input '{input_binding.name}' is {wanted.name} but column '{column}' "
+                    f"loses precision in {binding.dtype_name} features, and the model's outputs change ({exc}); "
+                    "use --features-dtype float64"
+                ) from exc
 
 
 def run_reference(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

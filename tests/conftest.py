@@ -126,3 +126,30 @@ def assert_one_error_line(result: Result, *culprits: str, code: int = 2) -> str:
     for culprit in culprits:
         assert culprit in lines[0], f"{culprit!r} not named: {lines[0]!r}"
     return lines[0]
+
+
+def string_table(count: int = 600, seed: int = 0) -> dict[str, np.ndarray]:
+    """A string column `color` (with some values missing), float columns x1..x3 and a binary label `y`."""
+    rng = np.random.default_rng(seed)
+    color = rng.choice(np.array(["red", "green", "blue"], dtype=object), count)
+    x1, x2, x3 = rng.normal(size=(3, count)).astype(np.float32)
+    y = ((color == "red") + x1 - x2 + 0.5 * x3 + 0.5 * rng.normal(size=count) > 0.5).astype(np.int64)
+    return {"color": color, "x1": x1, "x2": x2, "x3": x3, "y": y}
+
+
+def string_pipeline(table: dict[str, np.ndarray], numeric: Sequence[str]) -> onnx.ModelProto:
+    """The skl2onnx tutorial shape: ColumnTransformer(OneHotEncoder on `color`, StandardScaler on `numeric`)
+    + LogisticRegression, one `[N, 1]` input per column (`color` a string)."""
+    import pandas as pd
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = pd.DataFrame({name: table[name] for name in ("color", *numeric)})
+    steps = [("cat", OneHotEncoder(handle_unknown="ignore"), ["color"]), ("num", StandardScaler(), list(numeric))]
+    pipeline = Pipeline([("pre", ColumnTransformer(steps)), ("lr", LogisticRegression())]).fit(frame, table["y"])
+    initial = [("color", StringTensorType([None, 1]))] + [(n, FloatTensorType([None, 1])) for n in numeric]
+    return convert_sklearn(pipeline, initial_types=initial, target_opset=18)

@@ -15,8 +15,10 @@ from click.testing import CliRunner
 from conftest import COLUMNS, assert_one_error_line, columns_of, run_cli, save, write_csv
 from onnx import TensorProto, helper
 from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, Int64TensorType
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from onnxfuse.cli import cli
@@ -92,6 +94,25 @@ def write_string_csv(path: Path, rows: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def write_precision_sources(folder: Path, rows: dict[str, np.ndarray]) -> None:
+    """`ints.onnx` (int64 input `n`), `double.onnx` (double input `t`), and data whose `n` passes 2^24, whose `t`
+    needs float64 (1.7e9 + k), and whose `n` has empty cells."""
+    k = np.arange(ROWS)
+    n, t, y = 2**24 + 3 * k, 1.7e9 + 7 * k, rows["y"][:ROWS]
+    ints = LogisticRegression().fit((k % 7).reshape(-1, 1), y)
+    save(to_onnx(ints, initial_types=[("n", Int64TensorType([None, 1]))], options={"zipmap": False}),
+         folder / "ints.onnx")  # fmt: skip
+    double = make_pipeline(StandardScaler(), LogisticRegression()).fit(t.reshape(-1, 1), (k % 200 > 100) ^ y)
+    save(to_onnx(double, initial_types=[("t", DoubleTensorType([None, 1]))], options={"zipmap": False}),
+         folder / "double.onnx")  # fmt: skip
+    a, b = rows["x"][:ROWS, 0], rows["x"][:ROWS, 1]
+    lines = ["a,b,t,n,m,y"] + [
+        f"{va:.6f},{vb:.6f},{vt:.1f},{vn},{'' if i % 9 == 0 else i % 7},{vy}"
+        for i, (va, vb, vt, vn, vy) in enumerate(zip(a, b, t, n, y))
+    ]
+    (folder / "precision.csv").write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory, rows: dict[str, np.ndarray]) -> Path:
     """Every input file the cases use, written once per module (tests work on copies)."""
@@ -113,6 +134,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory, rows: dict[str, np.ndarray
     (folder / "data.txt").write_bytes(data.read_bytes())
     (folder / "empty.csv").write_bytes(b"")
     write_string_csv(folder / "strings.csv", rows)
+    write_precision_sources(folder, rows)
     return folder
 
 
@@ -216,6 +238,26 @@ MISTAKES = [
     pytest.param(merge_args("lr.onnx", "reg_cd.onnx"), ("model 2", "regressor"), id="classifier_and_regressor"),
     pytest.param(
         merge_args("reg_ab.onnx", "reg_cd.onnx", fusion="vote"), ("vote", "regressor"), id="vote_on_regressors"
+    ),
+    pytest.param(merge_args(features=("3:a,b",)), ("--features", "no model 3"), id="features_index_out_of_range"),
+    pytest.param(merge_args(features=("a,b", "2:c,d")), ("--features", "model order"), id="features_forms_mixed"),
+    pytest.param(merge_args(features=("1:a,b", "1:c,d")), ("--features", "model 1", "twice"), id="features_twice"),
+    pytest.param(
+        merge_args(
+            "lr.onnx", "double.onnx", features=("a,b", "-"), data="precision.csv", extra=("--features-dtype", "float32")
+        ),
+        ("model 2 (double.onnx)", "'t'", "--features-dtype float64"),
+        id="double_input_fed_float32",
+    ),
+    pytest.param(
+        merge_args("lr.onnx", "ints.onnx", features=("a,b", "-"), data="precision.csv"),
+        ("column 'n'", "model 2 (ints.onnx)", "2^24", "--features-dtype float64"),
+        id="int_input_beyond_2_24",
+    ),
+    pytest.param(
+        merge_args("lr.onnx", "ints.onnx", features=("a,b", "m"), data="precision.csv"),
+        ("column 'm'", "model 2 (ints.onnx)", "NaN"),
+        id="nan_into_int_input",
     ),
 ]
 

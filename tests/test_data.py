@@ -713,3 +713,68 @@ def test_merge_feeds_npz_array_to_shared_input_when_model_input_is_not_a_column(
     expected = (linear_prediction + image_prediction) / 2
     assert np.asarray(fused["prediction"]).shape == (count,)
     np.testing.assert_allclose(fused["prediction"], expected, rtol=1e-5, atol=1e-5)
+
+
+# --- string columns, float64 features, integer inputs -----------------------------------------------------------------
+
+
+def test_string_rows_gives_n_by_1_strings_with_empty_for_missing_when_csv_or_parquet(tmp_path: Path) -> None:
+    from onnxfuse.data import string_rows
+
+    csv = write_text_csv(tmp_path / "colours.csv", ["colour", "x"], [["red", 1], ["", 2], ["blue", 3]])
+    parquet = tmp_path / "colours.parquet"
+    pq.write_table(pa.table({"colour": ["red", None, "blue"], "x": [1, 2, 3]}), parquet)
+    for path in (csv, parquet):
+        rows = string_rows(read_table(path), "colour", path)
+        assert rows.shape == (3, 1) and rows.dtype == object
+        assert rows[:, 0].tolist() == ["red", "", "blue"]
+
+
+def test_string_rows_raises_naming_column_when_column_holds_floats(tmp_path: Path) -> None:
+    from onnxfuse.data import string_rows
+
+    table, path = csv_table(tmp_path, {"colour": [0.5, 1.5]})
+    assert "'colour'" in raised(string_rows, table, "colour", path)
+
+
+def test_feature_rows_keeps_every_digit_when_dtype_is_float64(tmp_path: Path) -> None:
+    from onnxfuse.data import feature_rows
+
+    table, path = csv_table(tmp_path, {"t": [1_700_001_799, 1_700_000_001]})
+    assert feature_rows(table, ("t",), path, dtype=np.float64)[:, 0].tolist() == [1_700_001_799, 1_700_000_001]
+    assert feature_rows(table, ("t",), path)[:, 0].tolist() == [1_700_001_792, 1_700_000_000]  # float32 rounds
+
+
+def integer_reader(dtype: int) -> Binding:
+    """Model 1 reads column `n` through an int64 input; `features` of `dtype`."""
+    from onnxfuse.bind import InputBinding
+
+    reader = InputBinding(name="n_input", elem_type=TensorProto.INT64, rank=2, columns=("n",))
+    return Binding(features=("n",), models=((reader,),), shared=(), dtype=dtype, labels=("model 1 (ints.onnx)",))
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "said"),
+    [
+        ([1, 2**24 + 1], TensorProto.FLOAT, ("2^24", "--features-dtype float64")),
+        ([1, 2**53 + 2], TensorProto.DOUBLE, ("2^53",)),
+        ([1.0, float("nan")], TensorProto.DOUBLE, ("NaN",)),
+    ],
+    ids=["beyond_2_24_in_float32", "beyond_2_53_in_float64", "nan"],
+)
+def test_check_bound_columns_raises_naming_column_and_model_when_integer_input_cannot_read_it(
+    tmp_path: Path, values: list, dtype: int, said: tuple[str, ...]
+) -> None:
+    from onnxfuse.data import check_bound_columns
+
+    table = {"n": np.array(values)}
+    message = raised(check_bound_columns, table, integer_reader(dtype), tmp_path / "data.csv")
+    for part in ("column 'n'", "model 1 (ints.onnx)", "'n_input'", *said):
+        assert part in message, message
+
+
+def test_check_bound_columns_passes_when_integers_fit_the_features_dtype(tmp_path: Path) -> None:
+    from onnxfuse.data import check_bound_columns
+
+    check_bound_columns({"n": np.array([1, 2**24])}, integer_reader(TensorProto.FLOAT), tmp_path / "data.csv")
+    check_bound_columns({"n": np.array([1, 2**40])}, integer_reader(TensorProto.DOUBLE), tmp_path / "data.csv")

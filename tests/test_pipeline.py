@@ -21,15 +21,18 @@ from conftest import (
     ort_outputs,
     run_cli,
     save,
+    string_pipeline,
+    string_table,
     write_csv,
 )
 from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx import convert_sklearn, to_onnx
+from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 
@@ -258,3 +261,118 @@ def test_merge_writes_identical_bytes_in_two_processes(mixed_sources, tmp_path):
         subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True)
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+# --- the inputs users have: string columns, mixed binding, double inputs ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def string_sources(model_dir: Path) -> dict[str, object]:
+    """skl2onnx tutorial pipelines reading `color` (+ x1,x2 / + x3), a float model on x2,x3, and the data
+    with a few `color` cells missing, as CSV and as Parquet."""
+    table = string_table()
+    x23 = np.stack([table["x2"], table["x3"]], axis=1)
+    paths = {
+        "strings": save(string_pipeline(table, ["x1", "x2"]), model_dir / "color_x1_x2.onnx"),
+        "strings_x3": save(string_pipeline(table, ["x3"]), model_dir / "color_x3.onnx"),
+        "numeric": save(to_onnx(LogisticRegression().fit(x23, table["y"]), x23[:1]), model_dir / "num_x2_x3.onnx"),
+    }
+    color = table["color"].copy()
+    color[::50] = None  # missing: "" in the CSV, null in the Parquet file
+    frame = pd.DataFrame({**table, "color": color})
+    frame.to_csv(model_dir / "colors.csv", index=False)
+    frame.to_parquet(model_dir / "colors.parquet")
+    expected_color = np.array(["" if c is None else c for c in color], dtype=object).reshape(-1, 1)
+    return {"paths": paths, "table": {**table, "color": expected_color}}
+
+
+def assert_copies_match_sources(out: Path, feeds: dict[str, np.ndarray], sources: list[dict[str, np.ndarray]]):
+    """Both backends agree on the fused file, and each `m{i}/` copy gives its source's outputs."""
+    fused = assert_runtimes_agree(out, feeds)
+    for index, (path, source_feeds) in enumerate(sources, start=1):
+        expected = ort_outputs(path, source_feeds)
+        for name, value in expected.items():
+            value = as_matrix(value, [0, 1])  # ZipMap's maps in class order
+            if value.dtype.kind == "f":
+                np.testing.assert_allclose(fused[f"m{index}/{name}"], value, rtol=1e-6, atol=1e-7, err_msg=name)
+            else:
+                np.testing.assert_array_equal(fused[f"m{index}/{name}"].ravel(), np.asarray(value).ravel())
+    return fused
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_merge_matches_every_source_when_a_string_column_comes_from_csv_or_parquet(string_sources, tmp_path, suffix):
+    paths, table = string_sources["paths"], string_sources["table"]
+    out = tmp_path / "fused.onnx"
+    data = paths["strings"].parent / f"colors{suffix}"
+    args = [paths["strings"], paths["numeric"], "--features", "-", "--features", "x2,x3"]
+    result = run_cli("merge", *args, "--data", data, "--target", "y", "--keep-model-outputs", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    model = assert_checker_and_portable(out)
+    inputs = {i.name: (i.type.tensor_type.elem_type, len(i.type.tensor_type.shape.dim)) for i in model.graph.input}
+    assert inputs == {"features": (onnx.TensorProto.FLOAT, 2), "color": (onnx.TensorProto.STRING, 2)}
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["onnxfuse.features"] == '["x1","x2","x3"]' and props["onnxfuse.string_inputs"] == '["color"]'
+    rows = slice(0, 300)
+    column = {n: table[n][rows].reshape(-1, 1) for n in ("x1", "x2", "x3")}
+    feeds = {"features": np.hstack([column["x1"], column["x2"], column["x3"]]), "color": table["color"][rows]}
+    assert "" in feeds["color"]
+    sources = [
+        (paths["strings"], {"color": feeds["color"], "x1": column["x1"], "x2": column["x2"]}),
+        (paths["numeric"], {"X": np.hstack([column["x2"], column["x3"]])}),
+    ]
+    assert_copies_match_sources(out, feeds, sources)
+    assert run_cli("verify", out, paths["strings"], paths["numeric"], "--data", data).exit_code == 0
+
+
+def test_merge_shares_one_string_input_when_two_sources_read_the_column_and_a_third_is_indexed(
+    string_sources, tmp_path
+):
+    paths, table = string_sources["paths"], string_sources["table"]
+    out = tmp_path / "fused.onnx"
+    data = paths["strings"].parent / "colors.csv"
+    models = [paths["strings"], paths["strings_x3"], paths["numeric"]]
+    result = run_cli("merge", *models, "--features", "3:x2,x3", "--data", data, "--target", "y", "-o", out,
+                     "--keep-model-outputs")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    model = assert_checker_and_portable(out)
+    assert [i.name for i in model.graph.input] == ["features", "color"]
+    column = {n: table[n][:300].reshape(-1, 1) for n in ("x1", "x2", "x3")}
+    color = table["color"][:300]
+    feeds = {"features": np.hstack([column["x1"], column["x2"], column["x3"]]), "color": color}
+    sources = [
+        (paths["strings"], {"color": color, "x1": column["x1"], "x2": column["x2"]}),
+        (paths["strings_x3"], {"color": color, "x3": column["x3"]}),
+        (paths["numeric"], {"X": np.hstack([column["x2"], column["x3"]])}),
+    ]
+    assert_copies_match_sources(out, feeds, sources)
+
+
+def test_merge_gives_float64_features_equal_to_the_source_when_a_source_reads_double(model_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    t = 1.7e9 + rng.integers(0, 2000, 500).astype(np.float64)
+    x3 = rng.normal(size=500)
+    y = ((t - 1.7e9 > 1000) ^ (rng.random(500) < 0.1)).astype(np.int64)
+    double = Pipeline([("scale", StandardScaler()), ("lr", LogisticRegression())]).fit(t.reshape(-1, 1), y)
+    initial = [("t", DoubleTensorType([None, 1]))]
+    double_path = save(convert_sklearn(double, initial_types=initial, options={"zipmap": False}), tmp_path / "t.onnx")
+    floats = LogisticRegression().fit(x3.reshape(-1, 1).astype(np.float32), y)
+    float_path = save(to_onnx(floats, x3[:1].reshape(1, 1).astype(np.float32)), tmp_path / "x3.onnx")
+    data = tmp_path / "big.csv"
+    pd.DataFrame({"t": t, "x3": x3, "y": y}).to_csv(data, index=False)
+    out = tmp_path / "fused.onnx"
+    result = run_cli("merge", double_path, "--features", "1:t", float_path, "--features", "2:x3", "--data", data,
+                     "--target", "y", "--keep-model-outputs", "--passthrough", "-o", out)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    model = assert_checker_and_portable(out)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    assert {p.key: p.value for p in model.metadata_props}["onnxfuse.features_dtype"] == '"float64"'
+    features = np.stack([t, x3], axis=1)
+    fused = assert_copies_match_sources(
+        out, {"features": features},
+        [(double_path, {"t": t.reshape(-1, 1)}), (float_path, {"X": x3.reshape(-1, 1).astype(np.float32)})],
+    )  # fmt: skip
+    source = ort_outputs(double_path, {"t": t.reshape(-1, 1)})
+    np.testing.assert_array_equal(fused["m1/probabilities"], source["probabilities"])  # every digit of t reached it
+    rounded = ort_outputs(double_path, {"t": t.astype(np.float32).astype(np.float64).reshape(-1, 1)})
+    assert not np.allclose(rounded["probabilities"], source["probabilities"], rtol=1e-5, atol=1e-6)

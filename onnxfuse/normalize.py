@@ -39,6 +39,8 @@ class NormalizedModel:
     proto: onnx.ModelProto
     zipmap_classes: dict[str, tuple[int, ...] | tuple[str, ...]]
     lowered_from: int | None = None  # the source's ai.onnx opset when --target-opset converted it down
+    # zipmap="columns": the `[N, C]` output normalize exposes -> the per-class outputs it stacks
+    joined: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 def normalize(
@@ -241,11 +243,11 @@ def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
     original = _opset(proto, "")
     proto = unify_versions(proto, source.label, versions)  # before the ZipMap cut: Identity has no down-adapter
     classes = _strip_zipmap(proto, source.label)
-    _join_class_columns(proto.graph)
+    joined = _join_class_columns(proto.graph)
     _relax_batch_dims(proto.graph)
     _relax_regressor_shapes(proto.graph)
     lowered = original if original is not None and original > versions.opset else None
-    return NormalizedModel(source=source, proto=proto, zipmap_classes=classes, lowered_from=lowered)
+    return NormalizedModel(source=source, proto=proto, zipmap_classes=classes, lowered_from=lowered, joined=joined)
 
 
 def unify_versions(proto: onnx.ModelProto, label: str, versions: Versions) -> onnx.ModelProto:
@@ -432,7 +434,7 @@ def _first_dim_is_dynamic(value: onnx.ValueInfoProto) -> bool:
     return bool(dims) and not dims[0].HasField("dim_value")
 
 
-def _join_class_columns(graph: onnx.GraphProto) -> None:
+def _join_class_columns(graph: onnx.GraphProto) -> dict[str, tuple[str, ...]]:
     """skl2onnx `zipmap="columns"`: one `[N]` output per class, each a `Slice` of one `[N, C]` probability
     tensor of an ML classifier; that tensor becomes an output too, before them (the per-class outputs stay, so
     verify still compares each with the source file), and roles reads it with the classifier's class list."""
@@ -454,14 +456,17 @@ def _join_class_columns(graph: onnx.GraphProto) -> None:
     attrs = {a.name: helper.get_attribute_value(a) for a in classifiers[0].attribute} if len(classifiers) == 1 else {}
     count = max((len(attrs.get(k) or ()) for k in ("classlabels_int64s", "classlabels_ints", "classlabels_strings")),
                 default=0)  # fmt: skip
+    joined = {}
     for tensor, columns in sorted(groups.items()):
         if len(columns) < 2 or sorted(columns) != list(range(count)):
             continue
+        joined[tensor] = tuple(columns[i] for i in range(count))
         outputs = [copy.deepcopy(o) for o in graph.output]
         first = next(i for i, o in enumerate(outputs) if o.name in columns.values())
         outputs.insert(first, helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, [BATCH_DIM, count]))
         del graph.output[:]
         graph.output.extend(outputs)
+    return joined
 
 
 _ML_REGRESSORS = ("TreeEnsembleRegressor", "LinearRegressor", "SVMRegressor")

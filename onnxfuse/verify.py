@@ -159,6 +159,8 @@ def run_source(
         raise OnnxfuseError(f"{model.source.label}: onnxruntime cannot run it on its own ({reason(exc)})") from exc
     for name, classes in model.zipmap_classes.items():
         results[name] = np.array([[row[c] for c in classes] for row in results[name]], dtype=np.float32)
+    for name, columns in model.joined.items():  # zipmap="columns": the one tensor normalize exposes
+        results[name] = np.stack([np.asarray(results[c]).reshape(-1) for c in columns], axis=1)
     return results
 
 

@@ -282,6 +282,8 @@ def test_output_role_reads_skl2onnx_export_options(rows, folder, tmp_path, optio
     assert result.classes == names
     own = source_probabilities(source, x[:300, 2:4], read)
     check_fused(out, result, x[:300], [partner_probabilities(first, x[:300], names), own])
+    checked = run_cli("verify", out, first, source, "--data", data)
+    assert checked.exit_code == 0, checked.stderr
 
 
 def test_merge_with_raw_scores_stacks_them_with_a_warning_and_refuses_mean(rows, folder, tmp_path):
@@ -406,6 +408,8 @@ def test_merge_reads_catboost_regressor_that_declares_the_wrong_shape(rows, tmp_
     mine = ort_outputs(first, {"X": x[:300, :2]})["variable"].reshape(-1)
     weights = result.fusion["weights"]
     np.testing.assert_allclose(fused["prediction"], weights[0] * mine + weights[1] * own, rtol=1e-4, atol=1e-4)
+    checked = run_cli("verify", out, first, source, "--data", data)
+    assert checked.exit_code == 0, checked.stderr
 
 
 def test_merge_reads_catboost_classifier(rows, folder, tmp_path):

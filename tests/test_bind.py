@@ -99,3 +99,38 @@ def test_bind_gives_float64_features_when_a_source_reads_a_column_as_double(path
 def test_bind_gives_the_chosen_dtype_when_features_dtype_is_given(paths, table, models, dtype, expected) -> None:
     binding = bound(paths, *models, data_columns=list(table), features_dtype=dtype)
     assert binding.dtype == expected
+
+
+FLAT_STRINGS = """
+<ir_version: 8, opset_import: ["" : 18, "ai.onnx.ml" : 3]>
+flat (string[N] color) => (float[N] variable) {
+    variable = ai.onnx.ml.LabelEncoder <keys_strings = ["red", "green", "blue"], values_floats = [1.0, 2.0, 3.0],
+                                        default_float = -1.0> (color)
+}
+"""  # no exporter writes a rank-1 string input for a column; skl2onnx writes [N, 1]
+
+
+def test_splice_feeds_one_string_input_to_rank_1_and_rank_2_readers_when_they_share_a_column(
+    paths, table, tmp_path: Path
+) -> None:
+    import onnx_ir as ir
+    from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs
+
+    from onnxfuse.splice import splice
+
+    flat = save(onnx.parser.parse_model(FLAT_STRINGS), tmp_path / "flat.onnx")
+    sources = [load_model(ModelSpec(p), i) for i, p in enumerate((paths["strings"], flat), start=1)]
+    normalized, versions = normalize(sources)
+    binding = bind(normalized, data_columns=list(table))
+    assert binding.strings == ("color",) and [b.rank for b in binding.models[1]] == [1]
+    spliced = splice(normalized, binding, versions)
+    spliced.model.graph.outputs.extend([spliced.outputs[0]["output_label"], spliced.outputs[1]["variable"]])
+    out = tmp_path / "spliced.onnx"
+    ir.save(spliced.model, out)
+    assert_checker_and_portable(out)
+    color = np.array([["red"], [""], ["blue"], ["green"], ["mauve"]], dtype=object)
+    features = np.array([[0.1, -0.2], [1.0, 0.5], [0.0, 0.0], [-1.0, 2.0], [0.3, 0.3]], dtype=np.float32)
+    fused = assert_runtimes_agree(out, {"features": features, "color": color})
+    np.testing.assert_array_equal(fused["m2/variable"], ort_outputs(flat, {"color": color.ravel()})["variable"])
+    first = ort_outputs(paths["strings"], {"color": color, "x1": features[:, :1], "x2": features[:, 1:]})
+    np.testing.assert_array_equal(fused["m1/output_label"], first["output_label"])

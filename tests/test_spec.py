@@ -126,6 +126,12 @@ def _seed_is_5(path: Path) -> None:
     assert metadata(path)["onnxfuse.fusion"]["holdout"]["seed"] == 5  # type: ignore[index]
 
 
+def _features_are_float64(path: Path) -> None:
+    model = onnx.load(str(path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    assert metadata(path)["onnxfuse.features_dtype"] == "float64"
+
+
 def _not_optimized(path: Path) -> None:
     model = onnx.load(str(path))
     assert any(node.op_type in ("Identity", "Cast") for node in model.graph.node), "--no-optimize keeps the splice"
@@ -137,6 +143,7 @@ def _not_optimized(path: Path) -> None:
         pytest.param(("--fusion", "gate"), _method_is_gate, id="fusion_gate"),
         pytest.param(("--seed", "5"), _seed_is_5, id="seed"),
         pytest.param(("--no-optimize",), _not_optimized, id="no_optimize"),
+        pytest.param(("--features-dtype", "float64"), _features_are_float64, id="features_dtype"),
     ],
 )
 def test_merge_uses_command_line_flag_over_spec_when_both_give_it(
@@ -165,6 +172,16 @@ def test_merge_uses_flag_over_spec_when_flag_repeats_the_default(project: Path, 
 
     assert metadata(elsewhere / "spec.onnx")["onnxfuse.fusion"]["method"] == "stack"  # type: ignore[index]
     assert (elsewhere / "spec.onnx").read_bytes() == (elsewhere / "flags.onnx").read_bytes()
+
+
+def test_merge_gives_float64_features_when_spec_sets_features_dtype(project: Path, elsewhere: Path) -> None:
+    models = project / "models"
+    text = (models / "plain.toml").read_text().replace("seed = 0", 'seed = 0\nfeatures_dtype = "float64"')
+    (models / "doubles.toml").write_text(text)
+
+    merged(run_cli("merge", "--spec", models / "doubles.toml", "-o", "doubles.onnx"))
+
+    _features_are_float64(elsewhere / "doubles.onnx")
 
 
 def test_merge_writes_flag_output_not_spec_output_when_o_given(project: Path, elsewhere: Path) -> None:
@@ -225,6 +242,9 @@ BAD_SPECS = [
     pytest.param(_edit('features = ["a", "b"]', 'features = "a,b"'), ("features",), id="features_string"),
     pytest.param(_edit('fusion = "stack"', 'fusion = "magic"'), ("fusion", "magic"), id="fusion_unknown"),
     pytest.param(_edit("seed = 0", 'seed = "0"'), ("seed",), id="seed_string"),
+    pytest.param(
+        _edit("seed = 0", 'seed = 0\nfeatures_dtype = "float16"'), ("features_dtype", "float16"), id="features_dtype"
+    ),
     pytest.param(_edit('data = "train.csv"', 'data = "train.csv"\nort = "yes"'), ("ort",), id="ort_string"),
     pytest.param(_edit('output = "../fused.onnx"', "output = 3"), ("output",), id="output_number"),
     pytest.param(_edit('data = "train.csv"', 'data = ["train.csv"]'), ("data",), id="data_list"),

@@ -333,14 +333,15 @@ def _measure(paths: Paths, measurement: Measurement, run: int) -> Sample:
 def check_outputs(paths: Paths, run: int, ort: Sample) -> dict:
     """The whole merge and the compile stages must write the same bytes; the run must be finite."""
     merged, staged = paths.fused("c", run), paths.fused("d", run)
-    data = merged.with_suffix(".data")  # above 2 GB the weights are in OUT.data
+    data = sorted(merged.parent.glob(f"{merged.stem}.*.data"))  # above 2 GB: OUT-stem.<16 hex of sha256>.data
     same = _sha256(merged) == _sha256(staged)
-    if data.exists():
-        same = same and _sha256(data) == _sha256(staged.with_suffix(".data"))
+    same = same and [(p.name, _sha256(p)) for p in data] == [
+        (p.name, _sha256(p)) for p in sorted(staged.parent.glob(f"{staged.stem}.*.data"))
+    ]
     return {
         "same_bytes": same,
-        "fused_bytes": merged.stat().st_size + (data.stat().st_size if data.exists() else 0),
-        "weights_inline": not data.exists(),
+        "fused_bytes": merged.stat().st_size + sum(p.stat().st_size for p in data),
+        "weights_inline": not data,
         "output_shape": ort.report.get("output_shape"),
         "finite": ort.report.get("finite"),
     }

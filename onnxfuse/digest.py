@@ -26,7 +26,7 @@ from onnxfuse.load import file_sha256
 DIGEST_KEY = "onnxfuse.digest"
 _SCHEME = "sha256:"
 PLACEHOLDER = json.dumps(_SCHEME + "0" * 64)  # the metadata value as written before sealing
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 _HASHED_DATA = re.compile(r"\.([0-9a-f]{16})\.data$")
 # protobuf field numbers: ModelProto.graph, .metadata_props; GraphProto.initializer; TensorProto.external_data
 _GRAPH, _METADATA, _INITIALIZER, _EXTERNAL_DATA = 7, 14, 5, 13
@@ -118,21 +118,28 @@ def _entry(value: str) -> bytes:
 
 
 def _hash(path: Path, find: bytes, replace: bytes) -> tuple[str, list[int]]:
-    """sha256 of the file read in chunks with every `find` read as `replace` (same length); where they were."""
+    """sha256 of the file read in chunks with every `find` read as `replace` (same length); where they were.
+
+    One buffer of CHUNK bytes (plus the tail an entry may straddle) is reused: nothing else is allocated.
+    """
     digest, offsets = hashlib.sha256(), []
-    keep, pending, position = len(find) - 1, b"", 0  # `pending` (not yet hashed) starts at `position`
+    keep = len(find) - 1
+    buffer = bytearray(CHUNK + keep)
+    view = memoryview(buffer)
+    pending = position = 0  # `pending` bytes at the buffer's start, not yet hashed, begin at file offset `position`
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            buffer = pending + chunk
-            found = buffer.find(find)
+        while count := handle.readinto(view[pending:]):
+            end = pending + count
+            found = buffer.find(find, 0, end)
             while found >= 0:
                 offsets.append(position + found)
-                buffer = buffer[:found] + replace + buffer[found + len(find) :]
-                found = buffer.find(find, found + len(find))
-            cut = max(len(buffer) - keep, 0)
-            digest.update(memoryview(buffer)[:cut])
-            pending, position = buffer[cut:], position + cut
-    digest.update(pending)
+                buffer[found : found + len(find)] = replace
+                found = buffer.find(find, found + len(find), end)
+            cut = max(end - keep, 0)
+            digest.update(view[:cut])
+            view[: end - cut] = bytes(view[cut:end])
+            pending, position = end - cut, position + cut
+    digest.update(view[:pending])
     return digest.hexdigest(), offsets
 
 

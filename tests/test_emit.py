@@ -16,7 +16,7 @@ from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_out
 from onnx import external_data_helper, helper, numpy_helper
 
 from onnxfuse import digest, emit, pipeline
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, VerificationError
 
 
 def mlp_with_external_data(folder: Path, name: str, seed: int, hidden: int = 256) -> Path:
@@ -221,6 +221,21 @@ def test_stage_seals_the_sha256_of_the_bytes_with_the_digest_zeroed(external_sou
     assert written.count(recorded.encode()) == 1
     zeroed = written.replace(recorded.encode(), b"sha256:" + b"0" * 64)
     assert recorded == "sha256:" + hashlib.sha256(zeroed).hexdigest() == "sha256:" + staged.digest
+
+
+def test_check_sealed_raises_when_the_staged_file_records_another_digest(external_sources, tmp_path, limit):
+    """Merge's verify stage: the staged OUT must record the digest emit computed (one hex digit changed here)."""
+    out = tmp_path / "fused.onnx"
+    with emit.workspace(out, []) as folder:
+        staged = emit.stage(ir.load(str(external_sources[0])), folder, out=out, metadata={}, limit=limit)
+        written = staged.moves[-1][0]
+        payload = written.read_bytes()
+        changed = "0" if staged.digest[0] != "0" else "1"
+        written.write_bytes(payload.replace(staged.digest.encode(), (changed + staged.digest[1:]).encode()))
+        with pytest.raises(VerificationError, match="onnxfuse.digest is"):
+            emit.check_sealed(staged)
+        with pytest.raises(VerificationError, match="its bytes are not those onnxfuse merge wrote"):
+            digest.check_digest(written)
 
 
 def test_data_name_is_out_stem_with_16_hex_of_the_content_hash():

@@ -40,6 +40,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from onnxfuse import digest
 from onnxfuse.cli import cli
 
 SOURCE_MIB = 144  # per source: two of them make a ~288 MiB fused file
@@ -104,9 +105,17 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def start_merge(models: tuple[Path, Path], out: Path, log: Path) -> subprocess.Popen:
+MAIN = "from onnxfuse.cli import main; main()"
+# the same command with every fused file counted as over 2 GB: OUT + OUT-stem.<hash>.data, in seconds
+MAIN_OVER_LIMIT = (
+    "import functools; from onnxfuse import emit, pipeline; "
+    "pipeline.stage = functools.partial(emit.stage, limit=0); " + MAIN
+)
+
+
+def start_merge(models: tuple[Path, Path], out: Path, log: Path, *, main: str = MAIN) -> subprocess.Popen:
     """`onnxfuse merge A B --fusion mean -o OUT` in its own process; stdout and stderr go to `log`.*"""
-    command = [sys.executable, "-c", "from onnxfuse.cli import main; main()", "merge", *map(str, models)]
+    command = [sys.executable, "-c", main, "merge", *map(str, models)]
     command += ["--features", FEATURES[0], "--features", FEATURES[1], "--fusion", "mean", "-o", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "ONNXFUSE_DEBUG"}
     with open(log.with_suffix(".out"), "wb") as stdout, open(log.with_suffix(".err"), "wb") as stderr:
@@ -361,10 +370,12 @@ def test_concurrent_merges_leave_one_complete_valid_out(
 
 
 def check_race(folder: Path, out: Path, results: list[tuple[int, str]], expected: set[str]) -> None:
+    """Both merges succeeded, OUT is one of the `expected` files and runs (`expected` empty: checked by the caller)."""
     for code, stderr in results:
         assert code == 0, f"a concurrent merge failed: exit {code}, {stderr!r}"
-    assert sorted(p.name for p in folder.iterdir()) == ["fused.onnx"], leftovers(folder, out)
-    assert sha256(out) in expected, "OUT is neither merge's complete file"
+    if expected:
+        assert sorted(p.name for p in folder.iterdir()) == ["fused.onnx"], leftovers(folder, out)
+        assert sha256(out) in expected, "OUT is neither merge's complete file"
     onnx.checker.check_model(str(out), full_check=True)
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -373,3 +384,73 @@ def check_race(folder: Path, out: Path, results: list[tuple[int, str]], expected
     (prediction,) = session.run(None, {session.get_inputs()[0].name: rows})
     assert prediction.shape == (16,)
     assert np.isfinite(prediction).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# (c) over 2 GB: OUT and its weights' file switch together
+# ------------------------------------------------------------------------------------------------
+
+
+def data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith(".data"))
+
+
+@pytest.fixture(scope="module")
+def pair_references(sources: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """(sha256 of OUT, name of its weights' file) of A+B and of B+A over the limit, each merged alone."""
+    root = tmp_path_factory.mktemp("interrupt_pairs")
+    a, b = sources
+    found = {}
+    for key, models in (("ab", (a, b)), ("ba", (b, a))):
+        folder = root / key
+        folder.mkdir()
+        out = folder / "fused.onnx"
+        code, stderr = finish(start_merge(models, out, root / f"{key}.log", main=MAIN_OVER_LIMIT), root / f"{key}.log")
+        assert code == 0, stderr
+        (data,) = data_files(folder)
+        found[key] = (sha256(out), data.name)
+        shutil.rmtree(folder)
+    assert found["ab"][1] != found["ba"][1], "the two orders should give different weights' files"
+    return found
+
+
+@pytest.mark.parametrize("orders", [("ab", "ab"), ("ab", "ba")], ids=["same_inputs", "different_inputs"])
+@pytest.mark.parametrize("existing", [False, True], ids=["no_out", "previous_pair"])
+def test_concurrent_merges_over_the_limit_leave_one_complete_valid_pair(
+    sources: tuple[Path, Path],
+    pair_references: dict[str, tuple],
+    tmp_path: Path,
+    orders: tuple[str, str],
+    existing: bool,
+) -> None:
+    """Two merges race for OUT, which (when `existing`) names a previous pair's weights: one whole pair is left."""
+    a, b = sources
+    models = {"ab": (a, b), "ba": (b, a)}
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "fused.onnx"
+    if existing:  # a previous pair, of other weights than either merge writes
+        code, stderr = finish(
+            start_merge((a, a), out, tmp_path / "old.log", main=MAIN_OVER_LIMIT), tmp_path / "old.log"
+        )
+        assert code == 0, stderr
+        (previous,) = data_files(folder)
+    logs = [tmp_path / f"merge{i}.log" for i in range(2)]
+    processes = [start_merge(models[o], out, log, main=MAIN_OVER_LIMIT) for o, log in zip(orders, logs, strict=True)]
+    overlap, start = 0, time.perf_counter()
+    while any(p.poll() is None for p in processes) and time.perf_counter() - start < RUN_SECONDS:
+        overlap = max(overlap, len(workspaces(folder, out)))
+        time.sleep(0.001)
+    results = [finish(process, log) for process, log in zip(processes, logs, strict=True)]
+    try:
+        assert overlap == 2, "the two merges were never in their workspaces at the same time: no race tested"
+        for code, stderr in results:
+            assert code == 0, f"a concurrent merge failed: exit {code}, {stderr!r}"
+        (data,) = data_files(folder)
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["fused.onnx", data.name]), leftovers(folder, out)
+        assert (sha256(out), data.name) in {pair_references[o] for o in orders}, "OUT is neither merge's pair"
+        assert not existing or not previous.exists()
+        digest.check_digest(out)  # OUT's bytes, and the weights' file its name's hash says
+        check_race(folder, out, [], set())
+    finally:
+        shutil.rmtree(folder)

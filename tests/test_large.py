@@ -1,4 +1,4 @@
-"""Models over 2 GB: two 1.2 GB sources merge (mean) and verify with little process memory.
+"""Models over 2 GB: two 1.2 GB sources merge (mean) into OUT + a content-named weights' file, with little memory.
 
 Run by the tox env `large` (`pytest -m large`); the weights are written at test time
 and deleted after; the test is skipped, saying why, when the disk lacks room.
@@ -6,6 +6,7 @@ and deleted after; the test is skipped, saying why, when the disk lacks room.
 
 from __future__ import annotations
 
+import re
 import resource
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ import onnx
 import pytest
 from conftest import ort_outputs
 from onnx import helper, numpy_helper
+
+from onnxfuse import digest
 
 FREE_DISK = shutil.disk_usage(tempfile.gettempdir()).free
 pytestmark = [
@@ -114,10 +117,15 @@ def test_merge_writes_out_data_and_verifies_when_the_result_is_over_2_gb(large_d
     print(f"merge of 2 x 1.2 GB: peak RSS {peak_rss / 2**20:.0f} MiB, peak anonymous {peak_anon / 2**20:.0f} MiB")
     assert returncode == 0, stderr
     weights = 2 * TABLE_ROWS * TABLE_WIDTH * 4
-    assert (out.parent / "fused.data").stat().st_size >= weights
-    assert out.stat().st_size < 2**20, "the graph stays small; the weights are in fused.data"
-    assert sorted(p.name for p in out.parent.iterdir()) == ["fused.data", "fused.onnx"]
+    (data,) = digest.external_locations(out)
+    assert re.fullmatch(r"fused\.[0-9a-f]{16}\.data", data), data
+    assert (out.parent / data).stat().st_size >= weights
+    assert out.stat().st_size < 2**20, "the graph stays small; the weights are in the data file"
+    assert sorted(p.name for p in out.parent.iterdir()) == [data, "fused.onnx"]
     assert peak_anon < weights / 10, f"anonymous memory peaked at {peak_anon / 2**20:.0f} MiB"
+    started = time.perf_counter()
+    digest.check_digest(out)  # OUT's bytes and the 2.4 GB weights' file, hashed in chunks
+    print(f"digest check of OUT + {data}: {time.perf_counter() - started:.1f} s")
     x = np.random.default_rng(3).normal(size=(16, 4)).astype(np.float32)
     fused = ort_outputs(out, {"features": x})["prediction"]
     one = ort_outputs(sources[0], {"X": x[:, :2]})["variable"].ravel()

@@ -106,7 +106,14 @@ def test_merge_outputs_only_the_contract_by_default(mixed_sources, rows, tmp_pat
     assert model.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     props = {p.key: p.value for p in model.metadata_props}
     assert sorted(props) == sorted(
-        ["onnxfuse.features", "onnxfuse.classes", "onnxfuse.sources", "onnxfuse.fusion", "onnxfuse.version"]
+        [
+            "onnxfuse.features",
+            "onnxfuse.classes",
+            "onnxfuse.sources",
+            "onnxfuse.fusion",
+            "onnxfuse.version",
+            "onnxfuse.digest",
+        ]
     )
     assert props["onnxfuse.features"] == '["a","b","c"]'
     assert props["onnxfuse.classes"] == "[0,1]"

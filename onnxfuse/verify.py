@@ -74,7 +74,7 @@ def verify(
             try:
                 compare(f"m{index}/{name}", fused[f"m{index}/{name}"], value, SOURCE_TOLERANCE, f"model {index} alone")
             except VerificationError as exc:
-                _blame_precision(model, binding.models[index - 1], binding, feeds, exact, exc)
+                _blame_precision(model, binding.models[index - 1], binding, feeds=feeds, exact=exact, error=exc)
                 if model.lowered_from is None:
                     raise
                 target = next(o.version for o in model.proto.opset_import if o.domain == "")
@@ -150,7 +150,7 @@ def run_source(
             column = feeds[input_binding.columns[0]]
             source_feeds[input_binding.name] = column.reshape(-1) if input_binding.rank == 1 else column
         else:
-            source_feeds[input_binding.name] = _source_block(input_binding, binding, feeds, exact or {})
+            source_feeds[input_binding.name] = _source_block(input_binding, binding, feeds=feeds, exact=exact or {})
     try:
         session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
@@ -164,7 +164,7 @@ def run_source(
     return results
 
 
-def _source_block(input_binding, binding: Binding, feeds: Mapping[str, np.ndarray], exact: Mapping) -> np.ndarray:
+def _source_block(input_binding, binding: Binding, *, feeds: Mapping[str, np.ndarray], exact: Mapping) -> np.ndarray:
     columns = input_binding.columns
     if all(c in exact for c in columns):
         block = np.stack([np.asarray(exact[c]).astype(np.float64) for c in columns], axis=1)
@@ -174,7 +174,7 @@ def _source_block(input_binding, binding: Binding, feeds: Mapping[str, np.ndarra
     return block.astype(helper.tensor_dtype_to_np_dtype(input_binding.elem_type))
 
 
-def _blame_precision(model: NormalizedModel, bindings, binding: Binding, feeds, exact, exc: Exception) -> None:
+def _blame_precision(model: NormalizedModel, bindings, binding: Binding, *, feeds, exact, error: Exception) -> None:
     """A source differs and one of its inputs is wider than `features`, whose copy of a column it reads
     lost digits: the user's choice of `--features-dtype`, not an internal failure."""
     narrow = np.dtype(helper.tensor_dtype_to_np_dtype(binding.dtype))
@@ -191,9 +191,9 @@ def _blame_precision(model: NormalizedModel, bindings, binding: Binding, feeds, 
             if not np.array_equal(packed, np.asarray(exact[column]).astype(np.float64), equal_nan=True):
                 raise OnnxfuseError(
                     f"{model.source.label}: input '{input_binding.name}' is {wanted.name} but column '{column}' "
-                    f"loses precision in {binding.dtype_name} features, and the model's outputs change ({exc}); "
+                    f"loses precision in {binding.dtype_name} features, and the model's outputs change ({error}); "
                     "use --features-dtype float64"
-                ) from exc
+                ) from error
 
 
 def run_reference(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -56,9 +56,10 @@ def check_sources_fit(roles: Sequence[OutputRole], method: str, task: str) -> No
             kind = {"classification": "classifier", "regression": "regressor"}.get(
                 role.task, "model of unlabeled scores"
             )
+            hint = f", or --declare {role.index}:logits={role.prediction} if it is a logit" if role.prediction else ""
             raise OnnxfuseError(
                 f"{role.model} is a {kind} but the target is {task}; --fusion {method} mixes like with like "
-                "(use --fusion stack)"
+                f"(use --fusion stack{hint})"
             )
 
 

@@ -172,6 +172,7 @@ def _producer_op(graph: _Graph, name: str) -> str:
 def _form(graph: _Graph, name: str) -> str:
     op = _producer_op(graph, name)
     one = _width(graph, name) == 1 or rank(graph.outputs[name]) == 1
+    unknown = rank(graph.outputs[name]) is None  # no declared shape: a classifier's matrix, else a prediction
     if op in _FORM_OF_OP:
         return "positive" if one and op == "Sigmoid" else _FORM_OF_OP[op]
     if op.startswith(f"{ML}:") and op.endswith("Regressor"):
@@ -179,7 +180,7 @@ def _form(graph: _Graph, name: str) -> str:
     classifier = any(n.domain == ML and n.op_type.endswith("Classifier") for n in graph.producers.values())
     if classifier or "prob" in name.lower():
         return "positive" if one else "probabilities"
-    return "column" if one else "logits"
+    return "column" if one or unknown else "logits"
 
 
 def _read_graph(graph: onnx.GraphProto) -> _Graph:
@@ -342,7 +343,7 @@ def distribution_problem(values: np.ndarray) -> str | None:
     if not len(x):
         return None
     sums = x.sum(axis=1)
-    worst = float(sums[np.argmax(np.abs(sums - 1))])
+    worst = round(float(sums[np.argmax(np.abs(sums - 1))]), 3) + 0.0  # no "-0"
     low, high = float(x.min()), float(x.max())
     if low >= -PROBABILITY_ATOL and high <= 1 + PROBABILITY_ATOL and abs(worst - 1) <= ROW_SUM_ATOL:
         return None

@@ -196,8 +196,8 @@ def _same_values(actual: object, expected: object) -> bool:
     if isinstance(expected, list):  # ZipMap: a list of {class: probability}
         if not isinstance(actual, list) or len(actual) != len(expected):
             return False
-        return all(
-            a.keys() == e.keys() and _same_values(list(a.values()), list(e.values())) for a, e in zip(actual, expected)
+        return all(isinstance(a, dict) and a.keys() == e.keys() for a, e in zip(actual, expected)) and _same_values(
+            np.array([list(a.values()) for a in actual]), np.array([list(e.values()) for e in expected])
         )
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:

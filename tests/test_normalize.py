@@ -261,3 +261,19 @@ def test_merge_names_the_batch_dim_n_everywhere_when_a_torch_source_calls_it_oth
     fused = assert_checker_and_portable(out)
     assert _dim_params(fused) - {""} == {"N"}, _dim_params(fused)
     assert_runtimes_agree(out, {"features": rows["x"][:100]})
+
+
+def test_decide_versions_probes_zipmap_outputs_when_a_zipmap_source_goes_down(rows, tmp_path):
+    """skl2onnx's KNN export keeps its ZipMap and declares ai.onnx 22: the probe compares lists of maps."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, y = rows["x"][:, :3], rows["y"]
+    exported = to_onnx(KNeighborsClassifier().fit(x, y), x[:1])
+    assert max(o.version for o in exported.opset_import if o.domain == "") > 21
+    assert any(n.op_type == "ZipMap" for n in exported.graph.node)
+    source = load(save(exported, tmp_path / "knn.onnx"))
+
+    assert _lowering_problem(source, 21) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OnnxfuseWarning)
+        assert decide_versions([source]).opset == 21

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnxfuse.bind import FEATURES
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.normalize import BATCH_DIM, ML, Versions, unify_versions
-from onnxfuse.roles import Classes, OutputRole, class_placement
+from onnxfuse.roles import Classes, OutputRole, class_placement, votes_with_label
 from onnxfuse.splice import Spliced, attach
 from onnxfuse.train import TrainedHead
 
@@ -161,12 +161,13 @@ def _own_probabilities(graph: ir.Graph, value: ir.Value, role: OutputRole, index
 
 
 def _one_hot_vote(graph: ir.Graph, outputs, role: OutputRole, classes, index: int) -> ir.Value:
-    if role.label is not None:
-        label = outputs[role.label]
-    else:
+    if votes_with_label(role, classes):
+        label, row = outputs[role.label], _class_array(classes).reshape(1, -1)
+    else:  # the index of the source's most probable class among the target's
         placed = _signal(graph, outputs, role, classes, index, vote=False)
-        label = _label_of(graph, placed, classes, name=f"{PREFIX}m{index}/label")
-    row = _constant(graph, f"m{index}/vote_classes", _class_array(classes).reshape(1, -1))
+        label = _add(graph, "ArgMax", [placed], {"axis": 1, "keepdims": 0}, f"m{index}/vote_index")
+        row = np.arange(len(classes), dtype=np.int64).reshape(1, -1)
+    row = _constant(graph, f"m{index}/vote_classes", row)
     axes = _constant(graph, f"m{index}/vote_axes", np.array([1], dtype=np.int64))
     column = _add(graph, "Unsqueeze", [label, axes], {}, f"m{index}/label_column")
     equal = _add(graph, "Equal", [column, row], {}, f"m{index}/vote_equal")
@@ -295,7 +296,11 @@ def _add(graph: ir.Graph, op_type: str, inputs: list[ir.Value], attributes: dict
 
 def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     full = PREFIX + name
-    value = ir.val(full, const_value=ir.tensor(array, name=full))
+    if array.dtype == object:  # an ir.StringTensor, which onnx-ir's initializer deduplication can hash
+        tensor = ir.StringTensor([str(s).encode() for s in array.ravel()], shape=ir.Shape(array.shape), name=full)
+    else:
+        tensor = ir.tensor(array, name=full)
+    value = ir.val(full, const_value=tensor)
     value.type, value.shape = ir.TensorType(value.const_value.dtype), ir.Shape(array.shape)
     graph.register_initializer(value)
     return value

@@ -28,6 +28,7 @@ from onnxfuse.roles import (
     meta_columns,
     output_role,
     scores_refusal,
+    votes_with_label,
 )
 from onnxfuse.spec import FuseSpec
 from onnxfuse.splice import Spliced, splice
@@ -150,7 +151,8 @@ def _trained_head(
 
     counter = (lambda done: progress(done, labelled.rows)) if progress else None
     vote = options.method == "vote"
-    scores = _score(spliced, roles, labelled.feeds, folder=folder, vote=vote, progress=counter)
+    classes = labelled.classes
+    scores = _score(spliced, roles, labelled.feeds, folder=folder, vote=vote, classes=classes, progress=counter)
     roles = _checked_roles(roles, scores, options.method)
     per_model = tuple(_signal_array(scores, roles, i, labelled.classes) for i in range(len(roles)))
     signals = Signals(per_model, tuple(meta_columns(r, labelled.classes) for r in roles))
@@ -164,10 +166,11 @@ def _trained_head(
     return train_head(signals, labelled, options, votes=votes, names=named, target=spec.target), roles
 
 
-def _score(spliced: Spliced, roles, feeds: dict, *, folder, vote: bool = False, progress=None) -> dict:
+def _score(spliced: Spliced, roles, feeds: dict, *, folder, vote: bool = False, classes=None, progress=None) -> dict:
     from onnxfuse.score import score  # onnxruntime is imported where sources are scored
 
-    return score(spliced.model, _scored_outputs(spliced, roles, vote=vote), feeds, folder=folder, progress=progress)
+    wanted = _scored_outputs(spliced, roles, vote=vote, classes=classes)
+    return score(spliced.model, wanted, feeds, folder=folder, progress=progress)
 
 
 def _checked_roles(roles: Sequence[OutputRole], scores: dict, method: str) -> list[OutputRole]:
@@ -195,11 +198,11 @@ def _argmax_labels(probabilities: np.ndarray, classes: tuple) -> np.ndarray:
     return np.array(classes, dtype=object)[np.argmax(probabilities, axis=1)]
 
 
-def _scored_outputs(spliced: Spliced, roles: Sequence[OutputRole], *, vote: bool) -> dict:
+def _scored_outputs(spliced: Spliced, roles: Sequence[OutputRole], *, vote: bool, classes=None) -> dict:
     wanted = {}
     for index, (outputs, role) in enumerate(zip(spliced.outputs, roles)):
         wanted[f"{index}/signal"] = outputs[role.probabilities or role.prediction]
-        if vote and role.label is not None:
+        if vote and votes_with_label(role, classes):
             wanted[f"{index}/label"] = outputs[role.label]
     return wanted
 

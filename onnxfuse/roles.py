@@ -388,3 +388,9 @@ def looks_like_classifier(model: NormalizedModel) -> bool:
         return True
     floats = [n for n in graph.outputs if n in graph.varying and elem_type(graph.outputs[n]) in _FLOAT_TYPES]
     return any(_form(graph, n) not in ("column", "prediction") for n in floats)
+
+
+def votes_with_label(role: OutputRole, classes: Sequence | None) -> bool:
+    """`vote` reads a source's own label when it has one over integer classes; else the argmax of its signal
+    (string labels are compared as class indices: the reference evaluator's Equal refuses mixed string arrays)."""
+    return role.label is not None and not any(isinstance(c, str) for c in classes or ())

@@ -421,3 +421,18 @@ def test_merge_reads_catboost_classifier(rows, folder, tmp_path):
                     fusion="gate")  # fmt: skip
     own = source_probabilities(source, x[:300, 2:4], lambda o: as_matrix(o["probabilities"], (0, 1, 2)))
     check_fused(out, result, x[:300], [partner_probabilities(first, x[:300], (0, 1, 2)), own])
+
+
+def test_merge_votes_over_string_classes_by_each_source_s_most_probable_class(rows, folder, tmp_path):
+    x, names = rows["x"][:, :4], ("cat", "dog", "eel")
+    target = np.array(names, dtype=object)[rows["y3"]]
+    source = save(to_onnx(LogisticRegression().fit(x[:, 2:4], target), x[:1, 2:4]), tmp_path / "s.onnx")
+    first = partner(rows, folder, "y3", classes=names)
+    data = write_csv(tmp_path / "rows.csv", {**rows, "label": target}, label="label")
+    out = tmp_path / "fused.onnx"
+    result = merged([first, source], ["ab", "cd"], data, out, fusion="vote")
+    votes = [
+        np.eye(3, dtype=np.float32)[p.argmax(axis=1)]
+        for p in (partner_probabilities(first, x[:300], names), partner_probabilities(source, x[:300, 2:], names))
+    ]
+    check_fused(out, result, x[:300], votes)

@@ -436,3 +436,31 @@ def test_merge_votes_over_string_classes_by_each_source_s_most_probable_class(ro
         for p in (partner_probabilities(first, x[:300], names), partner_probabilities(source, x[:300, 2:], names))
     ]
     check_fused(out, result, x[:300], votes)
+
+
+HAND_BUILT = """
+<ir_version: 10, opset_import: ["" : 21]>
+agraph (float[N, 2] x) => (float[N, 3] probs, int64[N] label) <float[2, 3] w = {1.5, -1.0, 0.2, 0.5, 1.0, -1.2}> {
+    scores = MatMul(x, w)
+    probs = Softmax <axis = 1> (scores)
+    index = ArgMax <axis = 1, keepdims = 1> (probs)
+    flat = Flatten <axis = 0> (index)
+    shape = Constant <value = int64[1] {-1}> ()
+    column = Reshape (flat, shape)
+    label = Cast <to = 7> (column)
+}
+"""
+
+
+def test_output_role_follows_a_hand_built_argmax_label_through_reshape_flatten_and_cast(rows, folder, tmp_path):
+    """No exporter writes this chain; hand-built graphs do (ONNX text syntax)."""
+    x = rows["x"][:, :4]
+    source = save(onnx.parser.parse_model(HAND_BUILT), tmp_path / "hand.onnx")
+    first = partner(rows, folder, "y3")
+    out = tmp_path / "fused.onnx"
+    result = merged([first, source], ["ab", "cd"], write_csv(tmp_path / "rows.csv", rows, label="y3"), out,
+                    fusion="vote")  # fmt: skip
+    assert result.classes == (0, 1, 2)
+    own = source_probabilities(source, x[:300, 2:4], lambda o: np.eye(3)[o["label"]])
+    mine = np.eye(3, dtype=np.float32)[partner_probabilities(first, x[:300], (0, 1, 2)).argmax(axis=1)]
+    check_fused(out, result, x[:300], [mine, own])

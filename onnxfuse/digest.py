@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +30,8 @@ CHUNK = 1 << 20
 _HASHED_DATA = re.compile(r"\.([0-9a-f]{16})\.data$")
 # protobuf field numbers: ModelProto.graph, .metadata_props; GraphProto.initializer; TensorProto.external_data
 _GRAPH, _METADATA, _INITIALIZER, _EXTERNAL_DATA = 7, 14, 5, 13
+# ModelProto's fields and wire types (0 varint, 2 length-delimited): anything else is not an ONNX model
+_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
 
 
 class MissingDigest(VerificationError):
@@ -147,7 +149,7 @@ def read_metadata(path: Path) -> dict[str, str]:
     """The model's `metadata_props`, read without reading its graph or weights (ValueError if not protobuf)."""
     metadata = {}
     with open(path, "rb") as handle:
-        for field, offset, length in _fields(handle, 0, path.stat().st_size):
+        for field, offset, length in _fields(handle, 0, path.stat().st_size, _MODEL_FIELDS):
             if field == _METADATA:
                 entry = _entry_at(handle, offset, length)
                 metadata[entry.key] = entry.value
@@ -168,7 +170,7 @@ def external_locations(path: Path) -> list[str]:
     Raises ValueError on a file that is not protobuf."""
     locations = set()
     with open(path, "rb") as handle:
-        for field, offset, length in _fields(handle, 0, path.stat().st_size):
+        for field, offset, length in _fields(handle, 0, path.stat().st_size, _MODEL_FIELDS):
             if field != _GRAPH:
                 continue
             for tensor, start, size in _fields(handle, offset, offset + length):
@@ -182,15 +184,21 @@ def external_locations(path: Path) -> list[str]:
     return sorted(locations)
 
 
-def _fields(handle: BinaryIO, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+def _fields(
+    handle: BinaryIO, start: int, end: int, known: Mapping[int, int] | None = None
+) -> Iterator[tuple[int, int, int]]:
     """(field number, offset, length) of each length-delimited protobuf field in [start, end), others skipped.
 
-    Raises ValueError on bytes that are not protobuf."""
+    Raises ValueError on bytes that are not protobuf (field 0, a bad wire type, a field
+    running past `end`) or, with `known` ({field: wire type}), not that message: so
+    garbage (text, zeros) is refused at its first bytes, not walked to its end."""
     position = start
     while position < end:
         handle.seek(position)
         tag, position = _varint(handle, position)
-        wire = tag & 7
+        field, wire = tag >> 3, tag & 7
+        if field == 0 or (known is not None and known.get(field) != wire):
+            raise ValueError(f"field {field} (wire type {wire}) at byte {position}: not this protobuf message")
         if wire == 0:
             _, position = _varint(handle, position)
         elif wire in (1, 5):
@@ -199,7 +207,7 @@ def _fields(handle: BinaryIO, start: int, end: int) -> Iterator[tuple[int, int, 
             length, position = _varint(handle, position)
             if position + length > end:
                 raise ValueError(f"a field of {length} bytes runs past byte {end}")
-            yield tag >> 3, position, length
+            yield field, position, length
             position += length
         else:
             raise ValueError(f"protobuf wire type {wire} at byte {position}")

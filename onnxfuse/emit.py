@@ -231,10 +231,19 @@ def check_output(out: Path, inputs: list[Path]) -> None:
         raise OnnxfuseError(f"output {out}: is a folder")
     for path in inputs:
         for candidate in (out, *owned_data_files(out)):  # OUT is replaced, the weights' files it names removed
-            if candidate.resolve() == path.resolve() or (
-                candidate.exists() and path.exists() and candidate.samefile(path)
-            ):
-                raise OnnxfuseError(f"output {candidate}: is an input file ({path}); choose another -o")
+            for used in (path, *_external_files(path)):
+                if candidate.resolve() == used.resolve() or (
+                    candidate.exists() and used.exists() and candidate.samefile(used)
+                ):
+                    what = f"an input file ({path})" if used == path else f"the weights of input {path}"
+                    raise OnnxfuseError(f"output {candidate}: is {what}; choose another -o")
+
+
+def _external_files(path: Path) -> list[Path]:
+    """The external-data files an input model names (none for data files or unreadable ones)."""
+    if path.suffix != ".onnx":
+        return []
+    return [path.parent / name for name in _locations(path)]
 
 
 def _fsync(path: Path) -> None:

@@ -208,6 +208,20 @@ def test_check_output_refuses_when_the_data_file_to_be_removed_is_an_input(exter
         emit.check_output(out, [external_sources[0], data])
 
 
+def test_check_output_refuses_when_the_data_file_to_be_removed_holds_an_input_models_weights(
+    external_sources, tmp_path, over_limit
+):
+    """A copy of the previous OUT used as a source reads the weights' file the switch would remove."""
+    out = tmp_path / "fused.onnx"
+    assert merge(external_sources, out).exit_code == 0
+    (data,) = data_files(tmp_path)
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(out.read_bytes())
+    with pytest.raises(OnnxfuseError, match=f"output {data}: is the weights of input {copy}"):
+        emit.check_output(out, [copy, external_sources[1]])
+    emit.check_output(tmp_path / "other.onnx", [copy, external_sources[1]])
+
+
 def test_stage_seals_the_sha256_of_the_bytes_with_the_digest_zeroed(external_sources, tmp_path, limit):
     out = tmp_path / "fused.onnx"
     metadata = {"onnxfuse.version": '"0"'}

@@ -439,7 +439,7 @@ def _join_class_columns(graph: onnx.GraphProto) -> dict[str, tuple[str, ...]]:
     tensor of an ML classifier; that tensor becomes an output too, before them (the per-class outputs stay, so
     verify still compares each with the source file), and roles reads it with the classifier's class list."""
     producers = {out: node for node in graph.node for out in node.output}
-    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    initializers = {i.name: i for i in graph.initializer}
     groups: dict[str, dict[int, str]] = {}
     for output in graph.output:
         node = producers.get(output.name)
@@ -447,11 +447,9 @@ def _join_class_columns(graph: onnx.GraphProto) -> dict[str, tuple[str, ...]]:
             node = producers.get(node.input[0])
         if node is None or node.op_type != "Slice" or len(node.input) < 4:
             continue
-        starts, ends, axes = (constants.get(n) for n in node.input[1:4])
-        if any(c is None or c.size != 1 for c in (starts, ends, axes)) or int(axes.ravel()[0]) != 1:
-            continue
-        if int(ends.ravel()[0]) == int(starts.ravel()[0]) + 1:
-            groups.setdefault(node.input[0], {})[int(starts.ravel()[0])] = output.name
+        starts, ends, axes = (_one_int(initializers.get(n)) for n in node.input[1:4])
+        if None not in (starts, ends, axes) and axes == 1 and ends == starts + 1:
+            groups.setdefault(node.input[0], {})[starts] = output.name
     classifiers = [n for n in graph.node if n.domain == ML and n.op_type.endswith("Classifier")]
     attrs = {a.name: helper.get_attribute_value(a) for a in classifiers[0].attribute} if len(classifiers) == 1 else {}
     count = max((len(attrs.get(k) or ()) for k in ("classlabels_int64s", "classlabels_ints", "classlabels_strings")),
@@ -467,6 +465,18 @@ def _join_class_columns(graph: onnx.GraphProto) -> dict[str, tuple[str, ...]]:
         del graph.output[:]
         graph.output.extend(outputs)
     return joined
+
+
+def _one_int(tensor: onnx.TensorProto | None) -> int | None:
+    """The value of a one-element int64 initializer stored in the file, else None (broken data included)."""
+    if tensor is None or tensor.data_type != onnx.TensorProto.INT64 or int(np.prod(tensor.dims)) != 1:
+        return None
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    try:
+        return int(numpy_helper.to_array(tensor).ravel()[0])
+    except (ValueError, IndexError):
+        return None
 
 
 _ML_REGRESSORS = ("TreeEnsembleRegressor", "LinearRegressor", "SVMRegressor")

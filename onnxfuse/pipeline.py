@@ -87,7 +87,7 @@ def _compile(spec: FuseSpec, sources, models, versions: Versions, *, table, inpu
     with workspace(spec.output, inputs) as folder:
         feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
         if labelled is None:
-            roles = _checked_roles(roles, _score(spliced, roles, feeds, folder=folder), spec.fusion)
+            roles = _checked_roles(roles, _sources_alone(models, roles, binding, feeds), spec.fusion)
             head = equal_weights(options, len(models))
         else:
             head, roles = _trained_head(
@@ -173,14 +173,27 @@ def _score(spliced: Spliced, roles, feeds: dict, *, folder, vote: bool = False, 
     return score(spliced.model, wanted, feeds, folder=folder, progress=progress)
 
 
+def _sources_alone(models, roles: Sequence[OutputRole], binding, feeds: dict) -> dict:
+    """Each source file run alone on the verification rows (a source that fails names itself), as `_score` keys."""
+    from onnxfuse.verify import run_source
+
+    scores = {}
+    for index, (model, role) in enumerate(zip(models, roles)):
+        if role.form == "probabilities":
+            ran = run_source(model, binding.models[index], binding, feeds)
+            scores[f"{index}/signal"] = np.asarray(ran[role.probabilities], dtype=np.float64)
+    return scores
+
+
 def _checked_roles(roles: Sequence[OutputRole], scores: dict, method: str) -> list[OutputRole]:
     """A `probabilities` output must hold distributions on the scored rows; else it is scores (stack) or refused."""
     checked = []
     for index, role in enumerate(roles):
-        values = scores[f"{index}/signal"]
-        values = values.reshape(len(values), -1)
-        finite = values[np.isfinite(values).all(axis=1)]
-        problem = distribution_problem(finite) if role.form == "probabilities" else None
+        problem = None
+        if role.form == "probabilities":
+            values = scores[f"{index}/signal"]
+            values = values.reshape(len(values), -1)
+            problem = distribution_problem(values[np.isfinite(values).all(axis=1)])
         if problem is None:
             checked.append(role)
             continue

@@ -267,8 +267,7 @@ def _classes_behind(graph: _Graph, label: str | None) -> Classes | None:
     if node.domain == ML and node.op_type.endswith("Classifier"):
         return _classes_from_attrs(node)
     if node.op_type in ("ArrayFeatureExtractor", "Gather", "GatherND") and node.input[0] in graph.constants:
-        values = numpy_helper.to_array(graph.constants[node.input[0]]).ravel().tolist()
-        return tuple(v.decode() if isinstance(v, bytes) else v for v in values)
+        return _values(graph.constants[node.input[0]])
     if node.op_type == "ArgMax":
         signal = next((n for n in graph.outputs if _source(graph, n) == _source(graph, node.input[0])), None)
         return _indices(graph, signal) if signal else None
@@ -278,13 +277,20 @@ def _classes_behind(graph: _Graph, label: str | None) -> Classes | None:
 def _constant_classes(graph: _Graph) -> Classes | None:
     """An output that is a constant list (skl2onnx `output_class_labels=True`)."""
     lists = [
-        numpy_helper.to_array(graph.constants[_source(graph, n)]).ravel().tolist()
+        _values(graph.constants[_source(graph, n)])
         for n, o in graph.outputs.items()
         if n not in graph.varying and elem_type(o) in _LABEL_TYPES and _source(graph, n) in graph.constants
     ]
-    if len(lists) != 1:
+    return lists[0] if len(lists) == 1 else None
+
+
+def _values(tensor: onnx.TensorProto) -> Classes | None:
+    """A constant's values as a class list; None when the tensor's data does not match its dims (a broken file)."""
+    try:
+        values = numpy_helper.to_array(tensor).ravel().tolist()
+    except ValueError:
         return None
-    return tuple(v.decode() if isinstance(v, bytes) else v for v in lists[0])
+    return tuple(v.decode() if isinstance(v, bytes) else v for v in values)
 
 
 def _classes_from_attrs(node: onnx.NodeProto) -> Classes | None:
@@ -339,9 +345,10 @@ def class_probabilities(role: OutputRole, values: np.ndarray) -> np.ndarray:
 
 def distribution_problem(values: np.ndarray) -> str | None:
     """Why `[N, C]` values are not probabilities (rows in [0, 1] summing to 1), or None."""
-    x = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-    if not len(x):
+    x = np.asarray(values, dtype=np.float64)
+    if not x.size:  # no finite row to judge
         return None
+    x = x.reshape(len(x), -1)
     sums = x.sum(axis=1)
     worst = round(float(sums[np.argmax(np.abs(sums - 1))]), 3) + 0.0  # no "-0"
     low, high = float(x.min()), float(x.max())

@@ -454,3 +454,48 @@ def test_concurrent_merges_over_the_limit_leave_one_complete_valid_pair(
         check_race(folder, out, [], set())
     finally:
         shutil.rmtree(folder)
+
+
+# the over-limit command, killed (SIGKILL: no cleanup of any kind) right after the weights' file is in place and
+# before OUT's rename, the one atomic switch
+MAIN_KILLED_AT_THE_SWITCH = (
+    "import functools, os, signal; from onnxfuse import emit, pipeline; "
+    "pipeline.stage = functools.partial(emit.stage, limit=0); real = os.replace; "
+    "moved = []; "
+    "kill = lambda: os.kill(os.getpid(), signal.SIGKILL); "
+    "os.replace = lambda src, dst: (kill() if moved and str(dst).endswith('.onnx') else "
+    "(moved.append(dst) if str(dst).endswith('.data') else None, real(src, dst))[1]); " + MAIN
+)
+
+
+def predictions(out: Path, rows: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (prediction,) = session.run(None, {session.get_inputs()[0].name: rows})
+    return prediction
+
+
+def test_kill_between_the_weights_and_out_leaves_the_previous_pair_whole(sources: tuple[Path, Path], tmp_path: Path):
+    """SIGKILL after the new weights' file is moved in and before OUT is renamed: OUT still names its own weights,
+    whose content matches the hash in their name, and gives the outputs it gave before."""
+    a, b = sources
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "fused.onnx"
+    code, stderr = finish(start_merge((a, b), out, tmp_path / "old.log", main=MAIN_OVER_LIMIT), tmp_path / "old.log")
+    assert code == 0, stderr
+    (previous,) = data_files(folder)
+    before = sha256(out)
+    rows = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
+    expected = predictions(out, rows)
+
+    code, _ = finish(
+        start_merge((b, a), out, tmp_path / "killed.log", main=MAIN_KILLED_AT_THE_SWITCH), tmp_path / "killed.log"
+    )
+
+    assert code == -signal.SIGKILL, "the merge was not killed at the switch"
+    assert sha256(out) == before, "OUT changed although its rename never happened"
+    assert previous.exists() and digest.external_locations(out) == [previous.name]
+    digest.check_digest(out)
+    np.testing.assert_array_equal(predictions(out, rows), expected)
+    left = [p.name for p in data_files(folder) if p != previous]
+    assert len(left) == 1, f"the killed merge's weights' file should be the one thing left behind: {left}"

@@ -43,10 +43,11 @@ def data_name(out: Path, sha256: str) -> str:
     return f"{out.stem}.{sha256[:16]}.data"
 
 
-def is_data_name(name: str, out: Path) -> bool:
+def is_data_name(name: str, out: Path, *, hashed_only: bool = False) -> bool:
     """Whether `name` is an onnxfuse weights file of OUT (today's content-named one, or the older `fused.data`)."""
     match = _HASHED_DATA.search(name)
-    return name == f"{out.stem}.data" or (match is not None and name[: match.start()] == out.stem)
+    hashed = match is not None and name[: match.start()] == out.stem
+    return hashed or (not hashed_only and name == f"{out.stem}.data")
 
 
 def seal(path: Path) -> str:

@@ -154,7 +154,13 @@ def emit(staged: Staged) -> None:
             _remove_unnamed(out, [path for path in moved if is_data_name(path.name, out)])
             raise
         os.fsync(folder)
-        _remove_unnamed(out, previous)
+        _remove_unnamed(out, [*previous, *_left_by_killed_merges(out)])
+
+
+def _left_by_killed_merges(out: Path) -> list[Path]:
+    """Content-named weights' files of OUT that a merge killed between its two renames left behind: under the
+    folder lock no running merge has one outside its workspace, so OUT's switch may remove those OUT does not name."""
+    return [path for path in out.parent.iterdir() if path.is_file() and is_data_name(path.name, out, hashed_only=True)]
 
 
 def owned_data_files(out: Path) -> list[Path]:

@@ -476,7 +476,8 @@ def predictions(out: Path, rows: np.ndarray) -> np.ndarray:
 
 def test_kill_between_the_weights_and_out_leaves_the_previous_pair_whole(sources: tuple[Path, Path], tmp_path: Path):
     """SIGKILL after the new weights' file is moved in and before OUT is renamed: OUT still names its own weights,
-    whose content matches the hash in their name, and gives the outputs it gave before."""
+    whose content matches the hash in their name, and gives the outputs it gave before; the next merge's switch
+    removes the weights' file the killed one left."""
     a, b = sources
     folder = tmp_path / "out"
     folder.mkdir()
@@ -499,3 +500,6 @@ def test_kill_between_the_weights_and_out_leaves_the_previous_pair_whole(sources
     np.testing.assert_array_equal(predictions(out, rows), expected)
     left = [p.name for p in data_files(folder) if p != previous]
     assert len(left) == 1, f"the killed merge's weights' file should be the one thing left behind: {left}"
+    code, stderr = finish(start_merge((a, a), out, tmp_path / "next.log", main=MAIN_OVER_LIMIT), tmp_path / "next.log")
+    assert code == 0, stderr
+    assert [p.name for p in data_files(folder)] == digest.external_locations(out), "the next switch sweeps them"

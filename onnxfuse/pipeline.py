@@ -179,7 +179,7 @@ def _sources_alone(models, roles: Sequence[OutputRole], binding, feeds: dict) ->
 
     scores = {}
     for index, (model, role) in enumerate(zip(models, roles)):
-        if role.form == "probabilities":
+        if role.form in ("probabilities", "logits"):
             ran = run_source(model, binding.models[index], binding, feeds)
             scores[f"{index}/signal"] = np.asarray(ran[role.probabilities], dtype=np.float64)
     return scores
@@ -189,6 +189,8 @@ def _checked_roles(roles: Sequence[OutputRole], scores: dict, method: str) -> li
     """A `probabilities` output must hold distributions on the scored rows; else it is scores (stack) or refused."""
     checked = []
     for index, role in enumerate(roles):
+        if role.form == "logits" and not role.declared:
+            role = _distributions_read_as_such(role, scores[f"{index}/signal"])
         problem = None
         if role.form == "probabilities":
             values = scores[f"{index}/signal"]
@@ -205,6 +207,21 @@ def _checked_roles(roles: Sequence[OutputRole], scores: dict, method: str) -> li
         )
         checked.append(role.as_scores())
     return checked
+
+
+def _distributions_read_as_such(role: OutputRole, values: np.ndarray) -> OutputRole:
+    """A plain `[N, C]` output is read as logits, unless every scored row is already a distribution (a
+    normalisation no Softmax makes, e.g. `exp(z) / sum(exp(z))` written out): a second Softmax would flatten it."""
+    values = values.reshape(len(values), -1)
+    finite = values[np.isfinite(values).all(axis=1)]
+    if not finite.size or distribution_problem(finite) is not None:
+        return role
+    warn(
+        f"{role.model}: output '{role.probabilities}' holds probabilities on every scored row though no Softmax "
+        f"produces it; it is read as probabilities (declare --declare {role.index}:logits={role.probabilities} "
+        "to apply a Softmax)"
+    )
+    return dataclasses.replace(role, form="probabilities")
 
 
 def _argmax_labels(probabilities: np.ndarray, classes: tuple) -> np.ndarray:

@@ -44,6 +44,7 @@ class OutputRole:
     form: str | None = None
     index: int = 0
     outputs: str = ""  # the model's outputs with shapes, for messages
+    declared: bool = False  # the signal output and its form come from the user's declaration
 
     def as_scores(self) -> OutputRole:
         """The same output read as raw columns (stacking only)."""
@@ -104,7 +105,10 @@ def output_role(model: NormalizedModel, *, task: str | None = None, classes: Cla
     found = declared.get("classes", found)
     if "classes" in declared or _is_argmax(graph, label):  # its values are indices, not class labels
         label = None
-    role = dataclasses.replace(base, task="classification", label=label, probabilities=signal, form=form)
+    role = dataclasses.replace(
+        base, task="classification", label=label, probabilities=signal, form=form,
+        declared=any(key in declared for key in SIGNALS),
+    )  # fmt: skip
     return _with_classes(role, graph, found, task=task, classes=classes)
 
 

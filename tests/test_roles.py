@@ -464,3 +464,31 @@ def test_output_role_follows_a_hand_built_argmax_label_through_reshape_flatten_a
     own = source_probabilities(source, x[:300, 2:4], lambda o: np.eye(3)[o["label"]])
     mine = np.eye(3, dtype=np.float32)[partner_probabilities(first, x[:300], (0, 1, 2)).argmax(axis=1)]
     check_fused(out, result, x[:300], [mine, own])
+
+
+NORMALISED_BY_HAND = """
+<ir_version: 10, opset_import: ["" : 21]>
+bgraph (float[N, 2] x) => (float[N, 2] out) <float[2, 2] w = {1.5, -1.0, -0.5, 1.0}> {
+    scores = MatMul(x, w)
+    e = Exp(scores)
+    axes = Constant <value = int64[1] {1}> ()
+    total = ReduceSum <keepdims = 1> (e, axes)
+    out = Div(e, total)
+}
+"""
+
+
+@pytest.mark.parametrize("fusion", ["mean", "stack"])
+def test_output_role_reads_hand_normalised_probabilities_as_such_with_one_warning(rows, folder, tmp_path, fusion):
+    """`exp(z) / sum(exp(z))` written out: no Softmax to recognise, a plain `[N, 2]` name, but every scored row is
+    a distribution — a second Softmax would flatten it, so it is read as probabilities and the merge says so."""
+    x = rows["x"][:, :4]
+    source = save(onnx.parser.parse_model(NORMALISED_BY_HAND), tmp_path / "normalised.onnx")
+    first = partner(rows, folder, "y")
+    out = tmp_path / "fused.onnx"
+
+    with pytest.warns(OnnxfuseWarning, match=r"model 2 \(normalised.onnx\): output 'out' holds probabilities"):
+        result = merged([first, source], ["ab", "cd"], write_csv(tmp_path / "rows.csv", rows), out, fusion=fusion)
+
+    own = source_probabilities(source, x[:300, 2:4], first_output)
+    check_fused(out, result, x[:300], [partner_probabilities(first, x[:300], (0, 1)), own])

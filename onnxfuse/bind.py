@@ -9,8 +9,8 @@ import onnx
 
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.normalize import NormalizedModel
+from onnxfuse.support import FEATURES, elem_type, rank
 
-FEATURES = "features"
 CONTRACT_OUTPUTS = ("label", "probabilities", "prediction", "available", "source_effects")
 FEATURES_DTYPES = {"float32": onnx.TensorProto.FLOAT, "float64": onnx.TensorProto.DOUBLE}
 _INTEGERS = {
@@ -274,13 +274,3 @@ def _width(value: onnx.ValueInfoProto) -> int | None:
     if len(dims) == 1:
         return 1
     return dims[1].dim_value if dims[1].HasField("dim_value") else None
-
-
-def elem_type(value: onnx.ValueInfoProto) -> int | None:
-    return value.type.tensor_type.elem_type if value.type.HasField("tensor_type") else None
-
-
-def rank(value: onnx.ValueInfoProto) -> int | None:
-    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-        return None
-    return len(value.type.tensor_type.shape.dim)

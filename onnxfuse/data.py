@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
-from onnxfuse.bind import FEATURES, Binding
+from onnxfuse.bind import Binding
+from onnxfuse.support import FEATURES
 from onnxfuse.errors import OnnxfuseError, reason
 
 Table = dict[str, np.ndarray]

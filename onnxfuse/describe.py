@@ -9,7 +9,7 @@ import onnx
 from onnx import external_data_helper, helper
 
 from onnxfuse.load import load_model
-from onnxfuse.normalize import iter_model_nodes
+from onnxfuse.support import iter_model_nodes
 from onnxfuse.spec import ModelSpec
 
 

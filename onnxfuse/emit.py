@@ -28,7 +28,7 @@ from onnxfuse.digest import (
 )
 from onnxfuse.errors import OnnxfuseError, VerificationError
 from onnxfuse.load import file_sha256
-from onnxfuse.pack import INLINE_LIMIT, serialize, write_packed
+from onnxfuse.pack import keep_strings_inline, save_external, serialize, write_packed
 
 PROTOBUF_LIMIT = 2**31 - 1
 _MARGIN = 1 << 20
@@ -89,7 +89,7 @@ def stage(
     """
     model.metadata_props.clear()
     model.metadata_props.update(sorted({**metadata, DIGEST_KEY: PLACEHOLDER}.items()))
-    _keep_strings_inline(model)  # also makes string tables (e.g. class labels) serializable as bytes
+    keep_strings_inline(model)  # also makes string tables (e.g. class labels) serializable as bytes
     serialized = serialize(model)
     if serialized.size < limit - _MARGIN:
         packed = write_packed(serialized, folder / PACKED)
@@ -193,34 +193,6 @@ def _locked(folder: Path) -> Iterator[int]:
         yield descriptor
     finally:
         os.close(descriptor)
-
-
-def save_external(model: ir.Model, path: Path, data: str) -> None:
-    """Save with every tensor over 1 KB in the external-data file `data` beside `path`."""
-    _keep_strings_inline(model)
-    ir.save(model, path, external_data=data, size_threshold_bytes=INLINE_LIMIT)
-
-
-class _InlineStringTensor(ir.StringTensor):
-    """ONNX forbids string tensors in external data: report no bytes so onnx-ir keeps them inline."""
-
-    @property
-    def nbytes(self) -> int:
-        return 0
-
-
-def _keep_strings_inline(model: ir.Model) -> None:
-    for graph in model.graphs():
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if (
-                tensor is not None
-                and tensor.dtype == ir.DataType.STRING
-                and not isinstance(tensor, _InlineStringTensor)
-            ):
-                items = [v.encode() if isinstance(v, str) else bytes(v) for v in tensor.numpy().ravel()]
-                strings = np.array(items, dtype=object).reshape(tensor.shape.numpy())
-                value.const_value = _InlineStringTensor(strings, name=tensor.name)
 
 
 def metadata_json(value: object) -> str:

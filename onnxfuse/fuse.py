@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxfuse.bind import FEATURES
 from onnxfuse.errors import OnnxfuseError
-from onnxfuse.normalize import BATCH_DIM, ML, Versions, unify_versions
+from onnxfuse.normalize import Versions, unify_versions
 from onnxfuse.roles import Classes, OutputRole, class_placement, votes_with_label
 from onnxfuse.splice import Spliced, attach
+from onnxfuse.support import BATCH_DIM, FEATURES, ML
 from onnxfuse.train import TrainedHead
 
 PREFIX = "fusion/"

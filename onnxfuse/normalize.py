@@ -14,12 +14,10 @@ from onnx import helper, numpy_helper, version_converter
 
 from onnxfuse.errors import OnnxfuseError, warn
 from onnxfuse.load import SourceModel
+from onnxfuse.support import BATCH_DIM, ML, iter_model_nodes, iter_nodes
 
-ML = "ai.onnx.ml"
-STANDARD_DOMAINS = ("", "ai.onnx", ML)
 MIN_OPSET = 21
 MIN_ML_OPSET = 3
-BATCH_DIM = "N"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,29 +209,6 @@ def _has_external_data(proto: onnx.ModelProto) -> bool:
     from onnx import external_data_helper
 
     return any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto))
-
-
-def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of a graph and of its subgraphs (If/Loop/Scan bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_nodes(sub)
-
-
-def iter_model_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    """Every node of the model: graph, subgraphs and local function bodies."""
-    yield from iter_nodes(proto.graph)
-    for function in proto.functions:
-        for node in function.node:
-            yield node
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    yield from iter_nodes(attr.g)
 
 
 def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:

@@ -221,3 +221,31 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def save_external(model: ir.Model, path: Path, data: str) -> None:
+    """Save with every tensor over 1 KB in the external-data file `data` beside `path`."""
+    keep_strings_inline(model)
+    ir.save(model, path, external_data=data, size_threshold_bytes=INLINE_LIMIT)
+
+
+class _InlineStringTensor(ir.StringTensor):
+    """ONNX forbids string tensors in external data: report no bytes so onnx-ir keeps them inline."""
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
+
+def keep_strings_inline(model: ir.Model) -> None:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if (
+                tensor is not None
+                and tensor.dtype == ir.DataType.STRING
+                and not isinstance(tensor, _InlineStringTensor)
+            ):
+                items = [v.encode() if isinstance(v, str) else bytes(v) for v in tensor.numpy().ravel()]
+                strings = np.array(items, dtype=object).reshape(tensor.shape.numpy())
+                value.const_value = _InlineStringTensor(strings, name=tensor.name)

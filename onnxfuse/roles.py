@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxfuse.bind import elem_type, rank
 from onnxfuse.errors import OnnxfuseError, warn
-from onnxfuse.normalize import ML, NormalizedModel
+from onnxfuse.normalize import NormalizedModel
+from onnxfuse.support import ML, elem_type, rank
 
 _PASS_THROUGH = {"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 _CLASS_ATTRS = ("classlabels_int64s", "classlabels_ints", "classlabels_strings")

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxfuse.emit import save_external
+from onnxfuse.pack import save_external
 
 BATCH_ROWS = 65_536
 SCORE_FILE = "score.onnx"

@@ -11,9 +11,10 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass
 
-from onnxfuse.bind import FEATURES, Binding, InputBinding
+from onnxfuse.bind import Binding, InputBinding
 from onnxfuse.errors import OnnxfuseError, reason
-from onnxfuse.normalize import BATCH_DIM, ML, STANDARD_DOMAINS, NormalizedModel, Versions
+from onnxfuse.normalize import NormalizedModel, Versions
+from onnxfuse.support import BATCH_DIM, FEATURES, ML, STANDARD_DOMAINS
 
 GRAPH_NAME = "onnxfuse"
 

@@ -13,9 +13,10 @@ import onnxruntime as ort
 from onnx import external_data_helper, helper
 from onnx.reference import ReferenceEvaluator
 
-from onnxfuse.bind import FEATURES, Binding
+from onnxfuse.bind import Binding
 from onnxfuse.errors import OnnxfuseError, VerificationError, reason, warn
-from onnxfuse.normalize import STANDARD_DOMAINS, NormalizedModel, iter_model_nodes
+from onnxfuse.normalize import NormalizedModel
+from onnxfuse.support import FEATURES, STANDARD_DOMAINS, iter_model_nodes
 
 VERIFY_FILE = "verify.onnx"
 

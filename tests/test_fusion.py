@@ -136,16 +136,6 @@ def test_fused_head_equals_the_fitted_head(seed_task, tmp_path, options):
     np.testing.assert_array_equal(fused["label"], np.array(result.classes)[np.argmax(expected, axis=1)])
 
 
-def test_merge_writes_identical_bytes_for_the_same_seed(seed_task, tmp_path):
-    sources, data = seed_task
-    first, second = tmp_path / "one.onnx", tmp_path / "two.onnx"
-    merge(spec(sources, data, first, meta="mlp", seed=5))
-    merge(spec(sources, data, second, meta="mlp", seed=5))
-    assert first.read_bytes() == second.read_bytes()
-    merge(spec(sources, data, second, meta="mlp", seed=6))
-    assert first.read_bytes() != second.read_bytes()
-
-
 def test_merge_fuses_sources_that_know_different_classes(tmp_path):
     rng = np.random.default_rng(7)
     x = rng.normal(size=(6000, 4)).astype(np.float32)

@@ -12,7 +12,6 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx import external_data_helper

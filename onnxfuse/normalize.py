@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper, version_converter
 
 from onnxfuse.errors import OnnxfuseError, warn
 from onnxfuse.load import SourceModel
-from onnxfuse.support import BATCH_DIM, ML, iter_model_nodes, iter_nodes
+from onnxfuse.support import BATCH_DIM, ML, STANDARD_DOMAINS, iter_model_nodes
 
 MIN_OPSET = 21
 MIN_ML_OPSET = 3

@@ -14,6 +14,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 

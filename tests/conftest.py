@@ -11,14 +11,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner, Result
+from generators import COLUMNS, save, write_csv  # noqa: F401 - shared with the benchmarks; tests import them here
 from onnx.reference import ReferenceEvaluator
 
 from onnxfuse.cli import cli
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
-
-COLUMNS = ("a", "b", "c", "d", "e")
 
 
 def make_rows(count: int = 1500, seed: int = 0) -> dict[str, np.ndarray]:
@@ -48,19 +47,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def columns_of(names: Sequence[str]) -> list[int]:
     return [COLUMNS.index(n) for n in names]
-
-
-def save(model: onnx.ModelProto, path: Path) -> Path:
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
-def write_csv(path: Path, data: dict[str, np.ndarray], label: str = "y") -> Path:
-    x, y = data["x"], data[label]
-    lines = [",".join((*COLUMNS, "y"))]
-    lines += [",".join(f"{v:.6f}" for v in row) + f",{t}" for row, t in zip(x, y)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def run_cli(*args: object) -> Result:

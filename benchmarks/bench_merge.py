@@ -39,26 +39,35 @@ child's ru_maxrss starts from the RSS of the process that spawned it, so the dri
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _children import CHILD, BenchError, Measurement, Sample, child_main, driver_peak_mib, median, run_child, versions
+from _children import (
+    WARMUP,
+    Measurement,
+    Sample,
+    drive,
+    driver_peak_mib,
+    header,
+    interleaved,
+    median,
+    proc_status,
+    repo_module,
+    run_child,
+    script,
+)
 
 MIB = 1 << 20
 FEATURES = ("a,b,c,d", "e,f,g,h")
 SEEDS = (1, 2)
-ALIGN = 4096
 RUN_ROWS = 64
-WARMUP = 1
 TARGET_TIME_RATIO = 2.0
 TARGET_STAGES_RSS_MIB = 300.0
 TARGET_MERGE_RSS_RATIO = 1.3
@@ -91,13 +100,7 @@ class Paths:
 
 def _memory_now() -> dict[str, float]:
     """VmHWM / VmRSS / RssAnon / RssFile of this process, MiB (Linux)."""
-    fields = {}
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-                fields[key] = int(value.split()[0]) / 1024
-    return fields
+    return proc_status("VmHWM", "VmRSS", "RssAnon", "RssFile")
 
 
 class _Clock:
@@ -118,67 +121,15 @@ class _Clock:
 
 
 def child_generate(out_dir: str, mb: str) -> dict:
-    """Write a.onnx/a.data and b.onnx/b.data: two seeded MLP regressors of `mb` MiB each."""
+    """Write a.onnx/a.data and b.onnx/b.data: two seeded MLP regressors of `mb` MiB each, 4 MatMuls
+    (`X[N,4]` -> 4xH -> HxH -> HxH -> Hx1 -> `variable [N,1]`), by tests/generators.py's `write_mlp`."""
+    write_mlp = repo_module("tests/generators.py").write_mlp
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     hidden = max(8, round((float(mb) * MIB / 8) ** 0.5))
-    sizes = []
-    for name, seed in zip(("a", "b"), SEEDS, strict=True):
-        sizes.append(_write_mlp(folder / f"{name}.onnx", hidden=hidden, seed=seed))
+    widths = (4, hidden, hidden, hidden, 1)
+    sizes = [write_mlp(folder / f"{name}.onnx", widths=widths, seed=seed) for name, seed in zip(("a", "b"), SEEDS)]
     return {"hidden": hidden, "weight_bytes": sizes}
-
-
-def _write_mlp(path: Path, *, hidden: int, seed: int) -> int:
-    """X[N,4] -> MatMul 4xH -> Relu -> MatMul HxH -> Relu -> MatMul HxH -> Relu -> MatMul Hx1."""
-    import onnx
-    from onnx import helper
-
-    shapes = [(4, hidden), (hidden, hidden), (hidden, hidden), (hidden, 1)]
-    data = path.with_suffix(".data")
-    initializers = _write_weights(data, shapes, seed)
-    nodes, current = [], "X"
-    for index in range(len(shapes)):
-        out = "variable" if index == len(shapes) - 1 else f"h{index}"
-        nodes.append(helper.make_node("MatMul", [current, f"W{index}"], [out], name=f"matmul{index}"))
-        current = out
-        if index < len(shapes) - 1:
-            nodes.append(helper.make_node("Relu", [out], [f"r{index}"], name=f"relu{index}"))
-            current = f"r{index}"
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("variable", onnx.TensorProto.FLOAT, ["N", 1])],
-        initializer=initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    model.producer_name = "bench_merge"
-    onnx.save(model, str(path))
-    onnx.checker.check_model(str(path))
-    return data.stat().st_size
-
-
-def _write_weights(data: Path, shapes: Sequence[tuple[int, int]], seed: int) -> list:
-    """Stream normal * 0.01 float32 weights into `data`, 4096-aligned, in row blocks of <= 16 MiB."""
-    import numpy as np
-    import onnx
-
-    rng = np.random.default_rng(seed)
-    tensors = []
-    with open(data, "wb") as handle:
-        for index, (rows, cols) in enumerate(shapes):
-            handle.write(b"\0" * (-handle.tell() % ALIGN))
-            offset = handle.tell()
-            block = max(1, (16 * MIB) // (4 * cols))
-            for start in range(0, rows, block):
-                chunk = rng.standard_normal((min(block, rows - start), cols), dtype=np.float32) * np.float32(0.01)
-                handle.write(chunk.tobytes())
-            tensor = onnx.TensorProto(name=f"W{index}", data_type=onnx.TensorProto.FLOAT, dims=[rows, cols])
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", offset), ("length", rows * cols * 4)):
-                tensor.external_data.add(key=key, value=str(value))
-            tensors.append(tensor)
-    return tensors
 
 
 def child_baseline() -> dict:
@@ -304,20 +255,15 @@ def run_all(paths: Paths, repeat: int, *, keep: bool) -> tuple[dict[str, list[Sa
     outputs are deleted after it (except the last one with --keep). The warm-up round is not
     counted: on a fresh VM the first writes into new page cache are several times slower.
     """
-    samples: dict[str, list[Sample]] = {}
     checks = []
-    for run in range(WARMUP + repeat):
-        label = "warm-up" if run < WARMUP else f"run {run - WARMUP + 1}/{repeat}"
-        current = {}
-        for measurement in measurements(paths):
-            current[measurement.key] = sample = _measure(paths, measurement, run)
-            print(f"  {label:>9} {measurement.key:>8}: {sample.wall_s:7.2f} s {sample.peak_mib:8.1f} MiB", flush=True)
+
+    def after(run: int, current: dict[str, Sample]) -> None:
         if run >= WARMUP:
-            for key, sample in current.items():
-                samples.setdefault(key, []).append(sample)
             checks.append(check_outputs(paths, run, current["b"]))
         if run < WARMUP + repeat - 1 or not keep:
             _remove_outputs(paths, run)
+
+    samples = interleaved(measurements(paths), repeat, lambda m, run: _measure(paths, m, run), after)
     return samples, checks
 
 
@@ -429,9 +375,8 @@ def print_report(
 ) -> None:
     fused_mib = checks[0]["fused_bytes"] / MIB
     weights = [b / MIB for b in generated["weight_bytes"]]
-    print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"versions: {versions(('onnxruntime', 'onnx', 'onnx-ir', 'numpy', 'onnxfuse'))}")
-    print(f"machine: {os.cpu_count()} cores; driver peak RSS {driver_peak_mib():.1f} MiB")
+    print("\n" + header(("onnxruntime", "onnx", "onnx-ir", "numpy", "onnxfuse")) + " at the end")
+    print(f"driver peak RSS {driver_peak_mib():.1f} MiB")
     print(f"source weights: A {weights[0]:.1f} MiB, B {weights[1]:.1f} MiB (4 MatMuls, hidden {generated['hidden']})")
     where = "weights inline" if checks[0]["weights_inline"] else "graph + OUT.data"
     print(f"fused file: {fused_mib:.1f} MiB ({where}); repeats: {args.repeat}, medians shown")
@@ -463,35 +408,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    folder_context = (
-        contextlib.nullcontext(tempfile.mkdtemp(prefix="bench_merge."))
-        if args.keep
-        else tempfile.TemporaryDirectory(prefix="bench_merge.")
-    )
-    with folder_context as folder:
-        paths = Paths(Path(folder))
-        try:
-            print(f"generating 2 x {args.mb:g} MiB sources in {folder} ...", flush=True)
-            generated = run_child(
-                __file__,
-                "generate",
-                [str(paths.sources[0].parent), str(args.mb)],
-                paths.result("generate", 0),
-                cwd=paths.root,
-            )
-            samples, checks = run_all(paths, args.repeat, keep=args.keep)
-            print_report(paths, generated.report, samples, checks, args)
-        except BenchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if args.keep:
-                print(f"\nkept: {folder}")
-    return 0
+
+    def run(root: Path) -> int:
+        paths = Paths(root)
+        print(f"generating 2 x {args.mb:g} MiB sources in {root} ...", flush=True)
+        generate = [str(paths.sources[0].parent), str(args.mb)]
+        generated = run_child(__file__, "generate", generate, paths.result("generate", 0), cwd=paths.root)
+        samples, checks = run_all(paths, args.repeat, keep=args.keep)
+        print_report(paths, generated.report, samples, checks, args)
+        return 0
+
+    return drive("bench_merge.", args.keep, run)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
-        child_main(CHILDREN, sys.argv[2:])
-    else:
-        sys.exit(main())
+    script(CHILDREN, main)

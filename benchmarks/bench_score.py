@@ -7,8 +7,8 @@ A generate step (its own subprocess) writes, into a temporary folder:
     m2.onnx      skl2onnx DecisionTreeClassifier (depth 8) on f06-f13     (default ZipMap output)
     m3.onnx      skl2onnx RandomForestClassifier (10 trees, depth 6) on f12-f19 (default ZipMap output)
     spliced/score.onnx   the three spliced by onnxfuse's load -> normalize -> bind -> splice, saved by
-                 `onnxfuse.score.save_with_outputs` with the outputs `pipeline._scored_outputs` picks
-                 (each source's probabilities): the very graph `score` saves and runs
+                 `onnxfuse.score.save_with_outputs` with the outputs a merge scores (each source's
+                 probabilities, as `roles.output_role` names them): the very graph `score` saves and runs
 
 (the sources are trained on the first 20,000 rows with a seeded label). Then, each in its own
 fresh subprocess, so every peak RSS is that process's own (`os.wait4` rusage, as bench_merge.py
@@ -46,21 +46,27 @@ Run it from anywhere:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import shlex
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _children import CHILD, BenchError, Measurement, Sample, child_main, driver_peak_mib, median, run_child, versions
+from _children import (
+    WARMUP,
+    Measurement,
+    Sample,
+    drive,
+    driver_peak_mib,
+    header,
+    interleaved,
+    median,
+    proc_status,
+    run_child,
+    script,
+)
 
 MIB = 1 << 20
-WARMUP = 1
 TRAIN_ROWS = 20_000
 SOURCES = (
     ("m1", "logistic regression", 0, 8),  # name, family, first column, width
@@ -96,11 +102,11 @@ def _imports() -> None:
 
 
 def _spliced(root: Path, features: int) -> tuple[Any, dict[str, Any], Any]:
-    """load -> normalize -> bind -> splice the three sources; the wanted outputs as merge scores them."""
+    """load -> normalize -> bind -> splice the three sources; the outputs a merge scores: each source's
+    signal (its probabilities, or its prediction), found by `output_role`, inside the spliced graph."""
     from onnxfuse.bind import bind
     from onnxfuse.load import load_model
     from onnxfuse.normalize import normalize
-    from onnxfuse.pipeline import _scored_outputs
     from onnxfuse.roles import output_role
     from onnxfuse.spec import ModelSpec
     from onnxfuse.splice import splice
@@ -111,7 +117,11 @@ def _spliced(root: Path, features: int) -> tuple[Any, dict[str, Any], Any]:
     binding = bind(models, data_columns=[f"f{i:02d}" for i in range(features)])
     spliced = splice(models, binding, versions)
     roles = [output_role(model) for model in models]
-    return spliced, _scored_outputs(spliced, roles, vote=False), binding
+    wanted = {
+        f"{index}/signal": outputs[role.probabilities or role.prediction]
+        for index, (outputs, role) in enumerate(zip(spliced.outputs, roles))
+    }
+    return spliced, wanted, binding
 
 
 def _load_x(root: Path) -> Any:
@@ -137,11 +147,7 @@ def _digest(arrays: Sequence) -> list[dict]:
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return proc_status("VmRSS")["VmRSS"]
 
 
 def child_generate(root: str, rows: str, features: str, seed: str) -> dict:
@@ -200,7 +206,7 @@ def child_baseline(root: str) -> dict:
 
 
 def child_score(root: str, features: str, batch: str, work_dir: str) -> dict:
-    """onnxfuse.score.score on the spliced sources, as pipeline._trained_head calls it."""
+    """onnxfuse.score.score on the spliced sources, as a merge calls it to fit its head."""
     _imports()
     from onnxfuse.score import SCORE_FILE, score
 
@@ -307,20 +313,13 @@ def measurements(root: Path, args: argparse.Namespace) -> list[Measurement]:
 
 
 def run_all(root: Path, args: argparse.Namespace) -> dict[str, list[Sample]]:
-    samples: dict[str, list[Sample]] = {}
-    for run in range(WARMUP + args.repeat):
-        label = "warm-up" if run < WARMUP else f"run {run - WARMUP + 1}/{args.repeat}"
-        for m in measurements(root, args):
-            sample = run_child(__file__, m.mode, m.args(run), root / "log" / f"{m.key}{run}.json", cwd=root)
-            work = sample.report.get("work_s")
-            shown = f"{work:6.2f} s work" if work is not None else " " * 13
-            print(
-                f"  {label:>9} {m.key:>9}: {sample.wall_s:6.2f} s wall {shown} {sample.peak_mib:8.1f} MiB", flush=True
-            )
-            if run >= WARMUP:
-                samples.setdefault(m.key, []).append(sample)
+    def measure(m: Measurement, run: int) -> Sample:
+        return run_child(__file__, m.mode, m.args(run), root / "log" / f"{m.key}{run}.json", cwd=root)
+
+    def after(run: int, current: dict[str, Sample]) -> None:
         shutil.rmtree(root / "work", ignore_errors=True)
-    return samples
+
+    return interleaved(measurements(root, args), args.repeat, measure, after)
 
 
 def print_report(root: Path, generated: dict, samples: dict[str, list[Sample]], args: argparse.Namespace) -> int:
@@ -328,9 +327,11 @@ def print_report(root: Path, generated: dict, samples: dict[str, list[Sample]], 
     baseline = median(samples["baseline"], lambda s: s.peak_mib)
     outputs = samples["score"][0].report["outputs"]
     out_mib = sum(o["bytes"] for o in outputs) / MIB
-    print(f"\ncommand: {shlex.join([sys.executable, *sys.argv])}")
-    print(f"versions: {versions(('onnxruntime', 'onnx', 'onnx-ir', 'numpy', 'scikit-learn', 'skl2onnx', 'onnxfuse'))}")
-    print(f"machine: {os.cpu_count()} cores; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
+    print(
+        "\n"
+        + header(("onnxruntime", "onnx", "onnx-ir", "numpy", "scikit-learn", "skl2onnx", "onnxfuse"))
+        + " at the end"
+    )
     print(f"driver peak RSS {driver_peak_mib():.1f} MiB; children run in {root}")
     print(
         f"data: {args.rows:,} x {args.features} float32 = {x_mib:.1f} MiB (seed {args.seed}); "
@@ -440,34 +441,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    folder_context = (
-        contextlib.nullcontext(tempfile.mkdtemp(prefix="bench_score."))
-        if args.keep
-        else tempfile.TemporaryDirectory(prefix="bench_score.")
-    )
-    with folder_context as folder:
-        root = Path(folder)
-        try:
-            print(f"generating {args.rows:,} x {args.features} rows and 3 sources in {root} ...", flush=True)
-            generated = run_child(
-                __file__,
-                "generate",
-                [str(root), str(args.rows), str(args.features), str(args.seed)],
-                root / "log" / "generate.json",
-                cwd=root,
-            )
-            samples = run_all(root, args)
-            return print_report(root, generated.report, samples, args)
-        except BenchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            if args.keep:
-                print(f"\nkept: {folder}")
+
+    def run(root: Path) -> int:
+        print(f"generating {args.rows:,} x {args.features} rows and 3 sources in {root} ...", flush=True)
+        generate = [str(root), str(args.rows), str(args.features), str(args.seed)]
+        generated = run_child(__file__, "generate", generate, root / "log" / "generate.json", cwd=root)
+        return print_report(root, generated.report, run_all(root, args), args)
+
+    return drive("bench_score.", args.keep, run)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
-        child_main(CHILDREN, sys.argv[2:])
-    else:
-        sys.exit(main())
+    script(CHILDREN, main)

@@ -18,17 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightgbm
-import numpy as np
-import onnxmltools
 import pyarrow as pa
 import pyarrow.parquet as pq
-from onnxmltools.convert.common.data_types import FloatTensorType
-from skl2onnx import to_onnx
-from sklearn.ensemble import GradientBoostingClassifier
+from _children import repo_module
 
 from onnxfuse.pipeline import merge
 from onnxfuse.spec import FuseSpec, ModelSpec
+
+generators = repo_module("tests/generators.py")
 
 HEADS = [
     ("stack linear", {"fusion": "stack"}),
@@ -41,35 +38,16 @@ HEADS = [
 ]
 
 
-def seed_like(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 4)).astype(np.float32)
-    a, b, c, d = x.T
-    logit = 1.5 * a - b + 1.2 * c + 0.8 * d + 2.5 * a * c
-    return x, (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-
-
-def sources(folder: Path) -> list[Path]:
-    x, y = seed_like(20_000, seed=1)
-    first = GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=0).fit(x[:, :2], y)
-    x, y = seed_like(20_000, seed=2)
-    second = lightgbm.LGBMClassifier(n_estimators=60, verbose=-1, random_state=0).fit(x[:, 2:], y)
-    a, b = folder / "a.onnx", folder / "b.onnx"
-    a.write_bytes(to_onnx(first, x[:1, :2]).SerializeToString())
-    b.write_bytes(
-        onnxmltools.convert_lightgbm(second, initial_types=[("X", FloatTensorType([None, 2]))]).SerializeToString()
-    )
-    return [a, b]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=40_000, help="joint fusion rows")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        models = sources(folder)
-        x, y = seed_like(args.rows, seed=3)
+        models = generators.group_sources(
+            folder, generators.interaction_task(20_000, seed=1), generators.interaction_task(20_000, seed=2)
+        )
+        x, y = generators.interaction_task(args.rows, seed=3)
         data = folder / "joint.parquet"
         pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "d": x[:, 3], "y": y}), data)
         print(f"seed-like task: {args.rows} joint rows, 20 % hold-out, seed 0; command: {' '.join(sys.argv)}")

@@ -21,16 +21,18 @@ def score(
     feeds: Mapping[str, np.ndarray],
     *,
     folder: Path,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """The given values of the spliced graph on every row of `feeds`.
 
     Rules: the graph is saved once in `folder` with its weights in external data
-    (onnxruntime memory-maps them), run in batches of `batch_rows` so only one
-    batch of intermediate tensors exists at a time, and `progress` is told the
-    rows done after each batch. The model is left as it was.
+    (onnxruntime memory-maps them), run in batches of `batch_rows` (default
+    `BATCH_ROWS`, read at each call so a test can lower it) so only one batch of
+    intermediate tensors exists at a time, and `progress` is told the rows done
+    in each batch. The model is left as it was.
     """
+    batch_rows = BATCH_ROWS if batch_rows is None else batch_rows
     path = save_with_outputs(model, list(outputs.values()), folder / SCORE_FILE)
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach us as exceptions; no C++ log lines on stderr

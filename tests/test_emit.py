@@ -87,15 +87,55 @@ def test_emit_writes_one_self_contained_file_from_external_data_sources(external
     np.testing.assert_allclose(fused["prediction"], expected_prediction(external_sources, x), rtol=1e-6)
 
 
-def test_emit_streams_bytes_that_protobuf_reads_back_equal(external_sources, tmp_path):
+def inline_proto(model: ir.Model) -> onnx.ModelProto:
+    """The model as onnx-ir serializes it, every external tensor's bytes read into `raw_data`."""
+    proto = ir.to_proto(model)
+    tensors = {v.name: v.const_value for v in model.graph.initializers.values()}
+    for tensor in proto.graph.initializer:
+        if external_data_helper.uses_external_data(tensor):
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = tensors[tensor.name].tobytes()
+    return proto
+
+
+def canonical(proto: onnx.ModelProto) -> bytes:
+    """Deterministic bytes with initializers in name order (the packed file lists the streamed ones last) and
+    empty tensor doc strings unset (the one that ends an aligned tensor's padding parses as set to "")."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for tensor in copy.graph.initializer:
+        if not tensor.doc_string:
+            tensor.ClearField("doc_string")
+    ordered = sorted(copy.graph.initializer, key=lambda t: t.name)
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(ordered)
+    return copy.SerializeToString(deterministic=True)
+
+
+def test_emit_streams_bytes_that_protobuf_reads_back_as_the_staged_model(external_sources, tmp_path, monkeypatch):
+    """The streamed file (weights copied from the sources' files, alignment padding) parses to the very model
+    stage was given: every field and weight, tensor doc strings not padded, only the digest filled in."""
+    staged = []
+
+    def capturing_stage(model: ir.Model, folder: Path, **options) -> emit.Staged:
+        result = emit.stage(model, folder, **options)
+        staged.append(inline_proto(model))
+        return result
+
+    monkeypatch.setattr(pipeline, "stage", capturing_stage)
     out = tmp_path / "fused.onnx"
     assert merge(external_sources, out).exit_code == 0
-    model = onnx.load(str(out))
-    assert (
-        model.SerializeToString(deterministic=True) == out.read_bytes()
-        or onnx.load_from_string(out.read_bytes()) == model
-    )
-    by_name = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    (expected,) = staged
+    written = onnx.load_from_string(out.read_bytes())
+    sealed = digest.read_metadata(out)[digest.DIGEST_KEY]
+    for entry in expected.metadata_props:
+        if entry.key == digest.DIGEST_KEY:
+            assert entry.value == digest.PLACEHOLDER
+            entry.value = sealed
+    assert any(len(t.raw_data) > 1024 for t in written.graph.initializer), "some weights were streamed"
+    assert canonical(written) == canonical(expected)
+    by_name = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer}
     source = onnx.load(str(external_sources[0]))
     np.testing.assert_array_equal(by_name["m1/W1"], numpy_helper.to_array(source.graph.initializer[0]))
 

@@ -144,7 +144,7 @@ def serialize(model: ir.Model) -> Serialized:
                     shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string,
                 )  # fmt: skip
             else:  # small or subgraph weights: read them into the graph
-                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name, doc_string=tensor.doc_string)
         proto = ir.serde.serialize_model(model)
     finally:
         for value, tensor in swapped.items():
@@ -239,6 +239,8 @@ class _InlineStringTensor(ir.StringTensor):
 
 
 def keep_strings_inline(model: ir.Model) -> None:
+    """Make every string initializer (subgraphs included) one onnx-ir keeps inside the graph, values and doc
+    string as they were; calling it again changes nothing."""
     for graph in model.graphs():
         for value in graph.initializers.values():
             tensor = value.const_value
@@ -249,4 +251,4 @@ def keep_strings_inline(model: ir.Model) -> None:
             ):
                 items = [v.encode() if isinstance(v, str) else bytes(v) for v in tensor.numpy().ravel()]
                 strings = np.array(items, dtype=object).reshape(tensor.shape.numpy())
-                value.const_value = _InlineStringTensor(strings, name=tensor.name)
+                value.const_value = _InlineStringTensor(strings, name=tensor.name, doc_string=tensor.doc_string)

@@ -146,14 +146,14 @@ def _lowering_problem(source: SourceModel, opset: int) -> str | None:
         return str(exc).split(": ", 1)[-1]
     if _has_external_data(source.proto):
         return None
-    feeds = _probe_feeds(source.proto.graph)
+    feeds = probe_feeds(source.proto.graph)
     try:
         expected = _run(source.proto, feeds)
-    except Exception:  # the source itself fails here: the later stages name it
+    except runtime_errors():  # the source itself fails here: the later stages name it
         return None
     try:
         actual = _run(converted, feeds)
-    except Exception as exc:
+    except runtime_errors() as exc:
         return f"onnxruntime cannot run the conversion: {' '.join(str(exc).split())[:160]}"
     for name, value in expected.items():
         if not _same_values(actual[name], value):
@@ -161,7 +161,22 @@ def _lowering_problem(source: SourceModel, opset: int) -> str | None:
     return None
 
 
-def _probe_feeds(graph: onnx.GraphProto, rows: int = 16) -> dict[str, object]:
+def runtime_errors() -> tuple[type[Exception], ...]:
+    """What onnxruntime raises for a model or a feed it refuses: its status codes (onnxruntime_pybind11_state),
+    ValueError from its Python layer (a missing feed) and RuntimeError from pybind11. Never our own bugs
+    (KeyError, AttributeError, TypeError...): those must stay internal errors."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    codes = (
+        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException", "InvalidProtobuf",
+        "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail", "ModelLoadCanceled", "ModelRequiresCompilation",
+        "NotFound", "DeviceReset",
+    )  # fmt: skip
+    return (*(getattr(state, code) for code in codes if hasattr(state, code)), RuntimeError, ValueError)
+
+
+def probe_feeds(graph: onnx.GraphProto, rows: int = 16) -> dict[str, object]:
+    """Seeded rows for every tensor input of `graph` (unknown dims: `rows` for the batch, 4 elsewhere)."""
     rng = np.random.default_rng(0)
     initializers = {init.name for init in graph.initializer}
     feeds = {}

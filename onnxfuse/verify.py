@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from onnx.reference import ReferenceEvaluator
 
 from onnxfuse.bind import Binding
 from onnxfuse.errors import OnnxfuseError, VerificationError, reason, warn
-from onnxfuse.normalize import NormalizedModel
-from onnxfuse.support import FEATURES, STANDARD_DOMAINS, iter_model_nodes
+from onnxfuse.normalize import NormalizedModel, probe_feeds, runtime_errors
+from onnxfuse.support import FEATURES, STANDARD_DOMAINS, iter_model_nodes, iter_nodes
 
 VERIFY_FILE = "verify.onnx"
+PACKAGE = Path(__file__).resolve().parent
+BUG_TYPES = (AttributeError, LookupError, NameError, TypeError, AssertionError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +88,14 @@ def verify(
                     f"{model.source.label}: onnx.version_converter changed its outputs converting ai.onnx "
                     f"{model.lowered_from} down to {target} ({exc}); use a higher --target-opset"
                 ) from exc
-    reference = run_reference(verify_path, feeds)
+    try:
+        reference = run_reference(verify_path, feeds)
+    except Exception as exc:
+        if internal_bug(exc):
+            raise
+        error = VerificationError(f"onnx's reference evaluator cannot run the fused model ({reason(exc)})")
+        _recheck_reference(verify_path, models, binding, fused=fused, alone=alone, feeds=feeds, error=error)
+        return
     try:
         for name, value in fused.items():
             compare(name, reference[name], value, REFERENCE_TOLERANCE, "onnxruntime vs the reference evaluator")
@@ -93,10 +103,20 @@ def verify(
         _recheck_reference(verify_path, models, binding, fused=fused, alone=alone, feeds=feeds, error=exc)
 
 
+def internal_bug(exc: BaseException) -> bool:
+    """An exception that signals a bug in onnxfuse itself: a KeyError, AttributeError, TypeError... raised by our
+    own code (its innermost frame is in this package). Libraries raising them on a broken model are not ours."""
+    if not isinstance(exc, BUG_TYPES):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE)
+
+
 def _recheck_reference(path: Path, models, binding: Binding, *, fused, alone, feeds, error: Exception) -> None:
     """The reference evaluator computes some ML ops otherwise than onnxruntime (multi-class SVM probabilities:
-    up to 0.13 off scikit-learn, where onnxruntime is within 1e-6). When a source alone already differs there,
-    its outputs are fed from onnxruntime and everything else is checked across runtimes; one warning names it."""
+    up to 0.13 off scikit-learn, where onnxruntime is within 1e-6), or cannot run them (a tree whose node ids it
+    does not expect, an integer input to Scaler). When a source alone already differs or fails there, its outputs
+    are fed from onnxruntime and everything else is checked across runtimes; one warning names it."""
     differing = {}
     for index, model in enumerate(models, start=1):
         own_feeds = feeds_of_source(binding.models[index - 1], binding, feeds)
@@ -123,11 +143,15 @@ def _reference_differs_alone(model: NormalizedModel, source_feeds: dict, expecte
         return None
     try:
         outputs = ReferenceEvaluator(model.proto).run(None, source_feeds)
-    except Exception:  # the evaluator cannot run it alone: it is not the explanation, the error stands
-        return None
+    except Exception as exc:  # the evaluator raises many types on what it cannot run; our own bugs stay bugs
+        if internal_bug(exc):
+            raise
+        return f"it cannot run it: {reason(exc, 160)}"
     for value, (name, wanted) in zip(outputs, ((o.name, expected.get(o.name)) for o in model.proto.graph.output)):
         if wanted is None:
             continue
+        if np.asarray(value).dtype != np.asarray(wanted).dtype:  # e.g. its Scaler writes double for double input
+            return f"{name}: {np.asarray(value).dtype} where onnxruntime gives {np.asarray(wanted).dtype}"
         try:
             compare(name, value, wanted, REFERENCE_TOLERANCE, "the reference evaluator vs onnxruntime")
         except VerificationError as exc:
@@ -140,15 +164,19 @@ def blaming(models: Sequence[NormalizedModel]) -> Iterator[None]:
     """Turn a failure caused by a broken source into an error naming that source (exit 2).
 
     A source can pass the loader's checks and still be broken (inconsistent
-    shapes, attribute lists onnxruntime rejects). When a later stage fails, each
-    source is checked on its own — strict ONNX shape inference, then an
-    onnxruntime session — before the failure is called internal.
+    shapes, attribute lists onnxruntime rejects, a Reshape that fails on every
+    batch). When a later stage fails, each source is checked on its own — strict
+    ONNX shape inference, an onnxruntime session, a run on seeded rows — before
+    the failure is called internal. An exception our own code raised (a KeyError,
+    AttributeError, TypeError... in onnxfuse) is a bug whatever the sources are.
     """
     try:
         yield
     except (OnnxfuseError, KeyboardInterrupt):
         raise
     except Exception as exc:
+        if internal_bug(exc):
+            raise
         for model in models:
             problem = _broken_alone(model)
             if problem:
@@ -159,8 +187,12 @@ def blaming(models: Sequence[NormalizedModel]) -> Iterator[None]:
 def _broken_alone(model: NormalizedModel) -> str | None:
     try:
         onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True)
-        ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
-    except Exception as exc:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
+        return reason(exc)
+    try:
+        session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
+        session.run(None, probe_feeds(model.source.proto.graph))
+    except runtime_errors() as exc:
         return reason(exc)
     return None
 
@@ -195,7 +227,7 @@ def run_source(
         session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         results = dict(zip(names, session.run(None, source_feeds)))
-    except Exception as exc:
+    except runtime_errors() as exc:
         raise OnnxfuseError(f"{model.source.label}: onnxruntime cannot run it on its own ({reason(exc)})") from exc
     for name, classes in model.zipmap_classes.items():
         results[name] = np.array([[row[c] for c in classes] for row in results[name]], dtype=np.float32)
@@ -260,6 +292,10 @@ def run_reference(
     `fed` values are taken as given instead of computed: their producers write elsewhere."""
     proto = onnx.load(str(path), load_external_data=False)
     _feed_values(proto.graph, fed or {})
+    if fed:  # the producers of fed values may be what the evaluator cannot run: keep only what outputs need
+        needed = _needed_nodes(proto.graph)
+        del proto.graph.node[:]
+        proto.graph.node.extend(needed)
     folder = path.parent
     mapped = {}
     kept = []
@@ -292,6 +328,21 @@ def _feed_values(graph: onnx.GraphProto, fed: Mapping[str, np.ndarray]) -> None:
     graph.input.extend(outputs[name] for name in fed if name in outputs)
     del graph.output[:]
     graph.output.extend(kept)
+
+
+def _needed_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes the graph's outputs depend on, in order (a node reads what its subgraphs reference too)."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if not any(name in needed for name in node.output):
+            continue
+        kept.append(node)
+        needed.update(node.input)
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                needed.update(name for inner in iter_nodes(sub) for name in inner.input)
+    return kept[::-1]
 
 
 def _memmap(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:

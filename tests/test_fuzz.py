@@ -26,6 +26,7 @@ A run that dies outright (a crash in native code) leaves the case it was on in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -48,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import COLUMNS, columns_of, make_rows, save, write_csv
+from conftest import COLUMNS, columns_of, make_rows, save
 from onnx import AttributeProto, TensorProto
 from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
 from skl2onnx import to_onnx
@@ -56,17 +57,21 @@ from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
+import onnxfuse
 from onnxfuse.cli import cli
+from onnxfuse.support import iter_nodes
 
 SEED = "onnxfuse-fuzz-1"
 CASE_SECONDS = 20
 ROWS = 300
-MODELS = ("lr", "mlp", "lgbm")
+MODELS = ("lr", "mlp", "lgbm")  # inspected
+STRING_MODELS = ("onehot", "ordinal")  # read the string column `color`
 FEATURES = ("a,b", "c,d")
 TARGET = "y"
 
 INSPECT_CASES = 2500  # per model and family: 3 models x 2 families
 MERGE_MODEL_CASES = 600  # per family, --fusion mean
+STRUCT_CASES = 160  # structure-aware edits, heads of every kind
 MERGE_DATA_CASES = {"csv-bytes": 250, "csv-edit": 500, "parquet-bytes": 200, "parquet-edit": 300, "npz-bytes": 100}
 
 
@@ -81,10 +86,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def build_corpus(folder: Path) -> Path:
-    """lr.onnx (a,b), mlp.onnx and lgbm.onnx (c,d), all classifiers of `y`; data.csv/.parquet/.npz.
+    """lr.onnx (a,b), mlp.onnx and lgbm.onnx (c,d), all classifiers of `y`; two pipelines on the string column
+    `color` (onehot.onnx: OneHotEncoder + scaler on e, LogisticRegression; ordinal.onnx: OrdinalEncoder, i.e.
+    LabelEncoder, + c, DecisionTree); data.csv/.parquet (with `color`) and data.npz (numbers only).
 
-    Byte for byte the same on every run, so a case's bytes depend on its name alone: onnxmltools names
-    the graph with a fresh uuid and skl2onnx orders opset imports by string hash (PYTHONHASHSEED), so
+    Byte for byte the same on every run, so a case's bytes depend on its name alone: onnxmltools and skl2onnx
+    name graphs with a fresh uuid and skl2onnx orders opset imports by string hash (PYTHONHASHSEED), so
     graphs are renamed and imports sorted here; the npz is written with a fixed zip timestamp."""
     import lightgbm
 
@@ -102,21 +109,72 @@ def build_corpus(folder: Path) -> Path:
     )
     booster = lightgbm.LGBMClassifier(n_estimators=3, num_leaves=4, verbose=-1, random_state=0).fit(x_cd, y)
     lgbm = onnxmltools.convert_lightgbm(booster, initial_types=[("cd_input", MLFloat([None, 2]))])
-    lgbm.graph.name = "lgbm"
-    save(_canonical(lgbm), folder / "lgbm.onnx")
-    write_csv(folder / "data.csv", rows)
-    table = {name: rows["x"][:, i] for i, name in enumerate(COLUMNS)} | {TARGET: rows["y"]}
-    pq.write_table(pa.table(table), folder / "data.parquet")
+    save(_canonical(lgbm, "lgbm"), folder / "lgbm.onnx")
+    color = _colors(rows)
+    for name, model in _string_models(rows, color).items():
+        save(_canonical(model, name), folder / f"{name}.onnx")
+    table = {name: rows["x"][:, i] for i, name in enumerate(COLUMNS)}
+    _write_csv(folder / "data.csv", table | {"color": color, TARGET: y})
+    pq.write_table(pa.table(table | {"color": color, TARGET: y}), folder / "data.parquet")
     with zipfile.ZipFile(folder / "data.npz", "w") as archive:
-        for name, array in table.items():
+        for name, array in (table | {TARGET: y}).items():
             with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-    for name in MODELS:
+    for name in (*MODELS, *STRING_MODELS):
         onnx.checker.check_model(str(folder / f"{name}.onnx"), full_check=True)
     return folder
 
 
-def _canonical(model: onnx.ModelProto) -> onnx.ModelProto:
+def _colors(rows: dict[str, np.ndarray]) -> np.ndarray:
+    """A string column that carries signal (it follows `e`), with a few cells empty as in real exports."""
+    color = np.array(["red", "green", "blue"], dtype=object)[np.digitize(rows["x"][:, 4], [-0.5, 0.5])]
+    color[::37] = ""
+    return color
+
+
+def _string_models(rows: dict[str, np.ndarray], color: np.ndarray) -> dict[str, onnx.ModelProto]:
+    """skl2onnx pipelines with one `[N, 1]` input per column, `color` a string: OneHotEncoder (+ e) and
+    OrdinalEncoder (+ c), as ColumnTransformer writes them."""
+    import pandas as pd
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    frame = pd.DataFrame({"color": color, "c": rows["x"][:, 2], "e": rows["x"][:, 4]})
+    onehot = ColumnTransformer(
+        [("cat", OneHotEncoder(handle_unknown="ignore"), ["color"]), ("num", StandardScaler(), ["e"])]
+    )
+    ordinal = ColumnTransformer(
+        [("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), ["color"]),
+         ("num", "passthrough", ["c"])]
+    )  # fmt: skip
+    fitted = {
+        "onehot": (Pipeline([("pre", onehot), ("lr", LogisticRegression())]), "e"),
+        "ordinal": (Pipeline([("pre", ordinal), ("tree", DecisionTreeClassifier(max_depth=3, random_state=0))]), "c"),
+    }
+    models = {}
+    for name, (pipeline, number) in fitted.items():
+        pipeline.fit(frame[["color", number]], rows["y"])
+        initial = [("color", StringTensorType([None, 1])), (number, FloatTensorType([None, 1]))]
+        models[name] = convert_sklearn(pipeline, initial_types=initial, target_opset=18)
+    return models
+
+
+def _write_csv(path: Path, table: dict[str, np.ndarray]) -> None:
+    columns = list(table)
+    lines = [",".join(columns)]
+    for i in range(len(table[columns[0]])):
+        cells = (f"{v:.6f}" if isinstance(v, np.floating) else str(v) for v in (table[c][i] for c in columns))
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _canonical(model: onnx.ModelProto, name: str | None = None) -> onnx.ModelProto:
+    if name is not None:
+        model.graph.name = name
     opsets = sorted(model.opset_import, key=lambda o: o.domain)
     del model.opset_import[:]
     model.opset_import.extend(opsets)
@@ -606,6 +664,429 @@ def mutate_proto(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 
 # ------------------------------------------------------------------------------------------------
+# Structure-aware mutations (models): one field edited so that the model still loads and looks like
+# something an exporter could write, so cases get past load and normalize into bind, splice, fuse,
+# verify and emit. Each changes `model` in place and says what it did, or returns None.
+# ------------------------------------------------------------------------------------------------
+
+STRUCT_MUTATIONS: dict[str, ProtoMutation] = {}
+ELEM_TYPES = {
+    "float": TensorProto.FLOAT, "double": TensorProto.DOUBLE, "int64": TensorProto.INT64,
+    "int32": TensorProto.INT32, "float16": TensorProto.FLOAT16, "string": TensorProto.STRING,
+    "bool": TensorProto.BOOL,
+}  # fmt: skip
+PLAUSIBLE_NAMES = (
+    "X", "input", "float_input", "a", "c", "e", "color", "y", "features", "label", "probabilities",
+    "prediction", "output_label", "variable", "m1/x", "N", "é", "with space",
+)  # fmt: skip
+ATTRIBUTE_CHOICES: dict[str, tuple] = {
+    "post_transform": (b"NONE", b"LOGISTIC", b"SOFTMAX", b"SOFTMAX_ZERO", b"PROBIT"),
+    "multi_class": (0, 1),
+    "to": tuple(ELEM_TYPES.values()),
+    "axis": (-1, 0, 1),
+    "keepdims": (0, 1),
+    "select_last_index": (0, 1),
+    "zeros": (0, 1),
+    "allowzero": (0, 1),
+}
+TREE_MODES = (b"BRANCH_LEQ", b"BRANCH_LT", b"BRANCH_GTE", b"BRANCH_GT", b"BRANCH_EQ", b"BRANCH_NEQ", b"LEAF")
+
+
+def struct_mutation(function: ProtoMutation) -> ProtoMutation:
+    STRUCT_MUTATIONS[function.__name__] = function
+    return function
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers and v.type.HasField("tensor_type")]
+
+
+def _tensor_outputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    return [v for v in model.graph.output if v.type.HasField("tensor_type")]
+
+
+def _rename_value(model: onnx.ModelProto, old: str, new: str) -> None:
+    """Rename a value everywhere it appears: graph inputs, outputs, initializers, value_info, node references."""
+    graph = model.graph
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        if value.name == old:
+            value.name = new
+    for node in iter_nodes(graph):
+        for names in (node.input, node.output):
+            for position, name in enumerate(names):
+                if name == old:
+                    names[position] = new
+
+
+def _set_dim(dim: onnx.TensorShapeProto.Dimension, value: int | str) -> None:
+    dim.Clear()
+    if isinstance(value, int):
+        dim.dim_value = value
+    elif value:
+        dim.dim_param = value
+
+
+@struct_mutation
+def batch_dim(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """The first dim of an input or output: another symbol (torch's `s0`, `batch`), none, or a fixed size."""
+    values = [v for v in (*_real_inputs(model), *_tensor_outputs(model)) if v.type.tensor_type.shape.dim]
+    if not values:
+        return None
+    value = rng.choice(values)
+    choice = rng.choice(("N", "batch", "s0", "", 1, 16))
+    _set_dim(value.type.tensor_type.shape.dim[0], choice)
+    return f"{value.name!r} batch dim -> {choice!r}"
+
+
+@struct_mutation
+def input_shape(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An input's width (another size, a symbol, unknown) or rank (`[N]`, `[N, W, 1]`, no shape)."""
+    inputs = _real_inputs(model)
+    if not inputs:
+        return None
+    value = rng.choice(inputs)
+    tensor = value.type.tensor_type
+    choice = rng.choice(("width", "width", "rank1", "rank3", "no_shape"))
+    if choice == "width" and len(tensor.shape.dim) >= 2:
+        width = rng.choice((1, 2, 3, "F", ""))
+        _set_dim(tensor.shape.dim[1], width)
+        return f"input {value.name!r} width -> {width!r}"
+    if choice == "rank1" and len(tensor.shape.dim) >= 2:
+        del tensor.shape.dim[1:]
+    elif choice == "rank3":
+        tensor.shape.dim.add().dim_value = 1
+    elif choice == "no_shape":
+        tensor.ClearField("shape")
+    return f"input {value.name!r} shape: {choice}"
+
+
+@struct_mutation
+def input_dtype(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An input of another type; mostly with a Cast to the old type behind it, so the graph stays valid."""
+    inputs = _real_inputs(model)
+    if not inputs:
+        return None
+    value = rng.choice(inputs)
+    old = value.type.tensor_type.elem_type
+    # not bool: a bool input named like a data column is fed 1-D from it (data.py's bug, reported, not ours to fix)
+    name, new = rng.choice([(n, t) for n, t in ELEM_TYPES.items() if t not in (old, TensorProto.BOOL)])
+    value.type.tensor_type.elem_type = new
+    if rng.random() < 0.25:
+        return f"input {value.name!r} type -> {name} (no Cast)"
+    inner = f"{value.name}/as_before"
+    for node in iter_nodes(model.graph):
+        for position, used in enumerate(node.input):
+            if used == value.name:
+                node.input[position] = inner
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", [value.name], [inner], name=inner, to=old))
+    return f"input {value.name!r} type -> {name}, Cast back to {old}"
+
+
+@struct_mutation
+def output_type(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """A tensor output declared with another element type, width or rank than its producer writes."""
+    outputs = _tensor_outputs(model)
+    if not outputs:
+        return None
+    value = rng.choice(outputs)
+    tensor = value.type.tensor_type
+    choice = rng.choice(("elem_type", "width", "rank", "no_shape"))
+    if choice == "elem_type":
+        name, tensor.elem_type = rng.choice([(n, t) for n, t in ELEM_TYPES.items() if t != tensor.elem_type])
+        return f"output {value.name!r} type -> {name}"
+    if choice == "width" and len(tensor.shape.dim) >= 2:
+        width = rng.choice((1, 3, "C"))
+        _set_dim(tensor.shape.dim[1], width)
+        return f"output {value.name!r} width -> {width!r}"
+    if choice == "rank":
+        if len(tensor.shape.dim) >= 2:
+            del tensor.shape.dim[1:]
+        else:
+            tensor.shape.dim.add().dim_value = 1
+    elif choice == "no_shape":
+        tensor.ClearField("shape")
+    return f"output {value.name!r}: {choice}"
+
+
+def _edited_list(values: list, rng: random.Random) -> tuple[list, str]:
+    """Numbers or strings edited in range: permuted, shifted or scaled, one replaced by another present value."""
+    values = list(values)
+    how = rng.choice(("permute", "shift", "one", "reverse"))
+    if how == "shift" and not (values and isinstance(values[0], (int, float))):
+        how = "one"
+    if how == "permute":
+        rng.shuffle(values)
+    elif how == "reverse":
+        values.reverse()
+    elif how == "shift" and isinstance(values[0], float):
+        factor = rng.choice((0.5, 2.0, -1.0, 1.0001))
+        values = [v * factor for v in values]
+        how = f"scale by {factor}"
+    elif how == "shift":
+        values = [v + 1 for v in values]
+    elif values:
+        values[rng.randrange(len(values))] = rng.choice(values)
+    return values, how
+
+
+@struct_mutation
+def attribute_in_range(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """One attribute set to a value its op accepts: a post_transform, a Cast `to`, an axis, class labels
+    permuted or shifted, coefficients scaled, a category or tree mode replaced by another valid one."""
+    attributes = [(n, a) for n in iter_nodes(model.graph) for a in n.attribute]
+    if not attributes:
+        return None
+    node, attribute = rng.choice(attributes)
+    where = f"node {node.name or node.op_type!r} attribute {attribute.name!r}"
+    if attribute.name in ATTRIBUTE_CHOICES:
+        value = rng.choice(ATTRIBUTE_CHOICES[attribute.name])
+        if isinstance(value, bytes):
+            attribute.s = value
+        else:
+            attribute.i = value
+        return f"{where} = {value!r}"
+    if attribute.type in (AttributeProto.FLOATS, AttributeProto.INTS) and (attribute.floats or attribute.ints):
+        field = attribute.floats if attribute.type == AttributeProto.FLOATS else attribute.ints
+        values, how = _edited_list(list(field), rng)
+        del field[:]
+        field.extend(values)
+        return f"{where}: {how}"
+    if attribute.type == AttributeProto.STRINGS and attribute.strings:
+        values = list(attribute.strings)
+        if set(values) <= set(TREE_MODES):
+            values[rng.randrange(len(values))] = rng.choice(TREE_MODES)
+            how = "a tree mode replaced"
+        elif rng.random() < 0.3:
+            values.append(b"purple")
+            how = "category 'purple' added"
+        else:
+            values, how = _edited_list(values, rng)
+        del attribute.strings[:]
+        attribute.strings.extend(values)
+        return f"{where}: {how}"
+    if attribute.type == AttributeProto.INT:
+        attribute.i = rng.choice((0, 1, attribute.i + 1))
+        return f"{where} = {attribute.i}"
+    if attribute.type == AttributeProto.FLOAT:
+        attribute.f *= rng.choice((0.5, 2.0, -1.0))
+        return f"{where} = {attribute.f}"
+    return None
+
+
+@struct_mutation
+def initializer_values(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An initializer's values edited in range (same type and shape): weights scaled, indices permuted."""
+    tensors = [t for t in model.graph.initializer if t.data_type != TensorProto.STRING]
+    if not tensors:
+        return None
+    tensor = rng.choice(tensors)
+    array = onnx.numpy_helper.to_array(tensor)
+    values, how = _edited_list(array.ravel().tolist(), rng)
+    edited = np.array(values, dtype=array.dtype).reshape(array.shape)
+    tensor.CopyFrom(onnx.numpy_helper.from_array(edited, tensor.name))
+    return f"initializer {tensor.name!r}: {how}"
+
+
+@struct_mutation
+def rename_input(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An input renamed everywhere it is read (a name like a data column, a contract name, a prefix...)."""
+    inputs = _real_inputs(model)
+    if not inputs:
+        return None
+    old = rng.choice(inputs).name
+    new = rng.choice([n for n in PLAUSIBLE_NAMES if n != old])
+    _rename_value(model, old, new)
+    return f"input {old!r} renamed {new!r} everywhere"
+
+
+@struct_mutation
+def rename_output(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An output renamed everywhere it is written and read (possibly to another value's name)."""
+    if not model.graph.output:
+        return None
+    old = rng.choice(model.graph.output).name
+    others = [o for n in model.graph.node for o in n.output if o != old]
+    new = rng.choice([n for n in (*PLAUSIBLE_NAMES, *others[:3]) if n != old])
+    _rename_value(model, old, new)
+    return f"output {old!r} renamed {new!r} everywhere"
+
+
+@struct_mutation
+def rename_one_place(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """A name changed in one place only: the graph input, the graph output, or one node's reference."""
+    choice = rng.choice(("input", "output", "reference"))
+    new = rng.choice(PLAUSIBLE_NAMES)
+    if choice == "input" and _real_inputs(model):
+        value = rng.choice(_real_inputs(model))
+    elif choice == "output" and model.graph.output:
+        value = rng.choice(model.graph.output)
+    else:
+        nodes = [n for n in model.graph.node if n.input]
+        if not nodes:
+            return None
+        node = rng.choice(nodes)
+        position = rng.randrange(len(node.input))
+        old, node.input[position] = node.input[position], new
+        return f"node {node.name or node.op_type!r} reads {new!r} instead of {old!r}"
+    old, value.name = value.name, new
+    return f"graph {choice} {old!r} renamed {new!r} there only"
+
+
+@struct_mutation
+def opset_in_range(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """A domain's import raised or lowered within what onnx knows (ai.onnx 7.., ai.onnx.ml 1..5)."""
+    if not model.opset_import:
+        return None
+    opset = rng.choice(model.opset_import)
+    newest = onnx.defs.onnx_opset_version() if opset.domain in ("", "ai.onnx") else 5
+    lowest = 7 if opset.domain in ("", "ai.onnx") else 1
+    old, opset.version = opset.version, rng.randint(lowest, newest)
+    return f"opset {opset.domain or 'ai.onnx'!r} {old} -> {opset.version}"
+
+
+@struct_mutation
+def opset_extra(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An import nothing uses: ai.onnx.ml where no ML op is, the `ai.onnx` alias, or another domain."""
+    domain, version = rng.choice(
+        (("ai.onnx.ml", 3), ("ai.onnx.ml", 1), ("ai.onnx", 18), ("ai.onnx.preview.training", 1),
+         ("com.microsoft", 1), ("local.unused", 1))
+    )  # fmt: skip
+    model.opset_import.add(domain=domain, version=version)
+    return f"unused opset import {domain!r} {version}"
+
+
+@struct_mutation
+def ir_in_range(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    old, model.ir_version = model.ir_version, rng.randint(3, onnx.IR_VERSION)
+    return f"ir_version {old} -> {model.ir_version}"
+
+
+@struct_mutation
+def value_info_legal(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """value_info cleared, or filled in by onnx's own shape inference (both legal)."""
+    if rng.random() < 0.5:
+        del model.graph.value_info[:]
+        return "value_info cleared"
+    inferred = onnx.shape_inference.infer_shapes(model)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return f"value_info inferred ({len(inferred.graph.value_info)} values)"
+
+
+@struct_mutation
+def expose_value(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An intermediate value added as one more graph output, typed as shape inference says."""
+    outputs = {o.name for o in model.graph.output}
+    typed = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info if v.name not in outputs}
+    if not typed:
+        return None
+    value = typed[rng.choice(sorted(typed))]
+    model.graph.output.add().CopyFrom(value)
+    return f"intermediate {value.name!r} also a graph output"
+
+
+@struct_mutation
+def add_input(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """A graph input no node reads, named like a data column, a contract name or something new."""
+    name = rng.choice(("extra", "a", "d", "e", "color", "features", "y"))
+    elem, shape = rng.choice(
+        ((TensorProto.FLOAT, ["N", 1]), (TensorProto.STRING, ["N", 1]), (TensorProto.FLOAT, ["N", 3]))
+    )
+    if name in {v.name for v in model.graph.input}:
+        return None
+    model.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, shape))
+    return f"unused input {name!r} ({elem}, {shape})"
+
+
+@struct_mutation
+def identity_before_output(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """The producer of an output writes an inner value, and an Identity copies it to the output."""
+    produced = {o: n for n in model.graph.node for o in n.output}
+    outputs = [o.name for o in model.graph.output if o.name in produced]
+    if not outputs:
+        return None
+    name = rng.choice(outputs)
+    inner = f"{name}/before_identity"
+    node = produced[name]
+    node.output[list(node.output).index(name)] = inner
+    for reader in model.graph.node:
+        for position, used in enumerate(reader.input):
+            if used == name:
+                reader.input[position] = inner
+    model.graph.node.append(onnx.helper.make_node("Identity", [inner], [name], name=f"{name}/identity"))
+    return f"Identity before output {name!r}"
+
+
+@struct_mutation
+def local_function(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """One node moved into a local function (domain `local`), called where the node was."""
+    nodes = [n for n in model.graph.node if n.domain in ("", "ai.onnx.ml")]
+    if not nodes:
+        return None
+    node = rng.choice(nodes)
+    opsets = [o for o in model.opset_import if o.domain == node.domain] or [onnx.helper.make_opsetid(node.domain, 1)]
+    body = onnx.NodeProto()
+    body.CopyFrom(node)
+    inputs = [f"x{i}" for i in range(len(node.input))]
+    outputs = [f"y{i}" for i in range(len(node.output))]
+    del body.input[:], body.output[:]
+    body.input.extend(x if name else "" for x, name in zip(inputs, node.input))
+    body.output.extend(outputs)
+    name = rng.choice(("Wrapped", node.op_type))
+    model.functions.append(onnx.helper.make_function("local", name, inputs, outputs, [body], opsets))
+    del node.attribute[:]
+    node.op_type, node.domain = name, "local"
+    if "local" not in {o.domain for o in model.opset_import}:
+        model.opset_import.add(domain="local", version=1)
+    return f"node {body.name or body.op_type!r} ({body.op_type}) moved into local function {name!r}"
+
+
+@struct_mutation
+def class_labels(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """Every class-label attribute (classifier and ZipMap) changed the same way: reversed or shifted."""
+    keys = ("classlabels_int64s", "classlabels_ints")
+    attributes = [a for n in iter_nodes(model.graph) for a in n.attribute if a.name in keys]
+    if not attributes:
+        return None
+    how = rng.choice(("reversed", "shifted", "one more"))
+    for attribute in attributes:
+        values = list(attribute.ints)
+        values = values[::-1] if how == "reversed" else [v + 1 for v in values] if how == "shifted" else values
+        del attribute.ints[:]
+        attribute.ints.extend(values)
+    return f"class labels {how} in {len(attributes)} attributes"
+
+
+@struct_mutation
+def names_and_docs(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """Graph and node names, doc strings, producer and metadata: what no stage should depend on."""
+    choice = rng.choice(("graph_name", "node_names", "duplicate_node_names", "doc", "metadata"))
+    if choice == "graph_name":
+        model.graph.name = rng.choice(("", "m1", "onnxfuse", "fusion/head"))
+    elif choice in ("node_names", "duplicate_node_names"):
+        for node in model.graph.node:
+            node.name = "" if choice == "node_names" else "node"
+    elif choice == "doc":
+        model.doc_string = model.graph.doc_string = rng.choice(("", "é\nline", "x" * 1000))
+        model.producer_name, model.producer_version = rng.choice((("pytorch", "2.13.0"), ("", ""), ("skl2onnx", "9")))
+    else:
+        key = rng.choice(("onnxfuse.features", "onnxfuse.sources", "onnxfuse.digest", "author"))
+        model.metadata_props.add(key=key, value=rng.choice(('["a","b"]', "sha256:" + "0" * 64, "{}")))
+    return choice
+
+
+def mutate_structure(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """One structure-aware edit (now and then two), serialized back."""
+    model = onnx.load_from_string(data)
+    steps = []
+    for _ in range(rng.choice((1, 1, 1, 2))):
+        name = rng.choice(sorted(STRUCT_MUTATIONS))
+        steps.append(f"{name}: {STRUCT_MUTATIONS[name](model, rng)}")
+    return model.SerializeToString(), "; ".join(steps)
+
+
+# ------------------------------------------------------------------------------------------------
 # Data mutations
 # ------------------------------------------------------------------------------------------------
 
@@ -885,13 +1366,72 @@ def problems_of(result: Result | None, hang: str | None) -> list[str]:
     return found
 
 
-class Runner:
-    """Runs the cases of one test, keeps the failing inputs, tallies exit statuses."""
+STAGES = ("load_model", "normalize", "bind", "splice", "fuse", "optimize", "verify", "emit")
+REACHED: dict[str, Counter] = {}  # case family (`merge-struct`) -> stage -> cases that entered it; "cases": all
+BUG_TYPES = (AttributeError, LookupError, NameError, TypeError, AssertionError)
+PACKAGE = Path(onnxfuse.__file__).resolve().parent
 
-    def __init__(self, test: str, cases: Path, breadcrumb: Path) -> None:
+
+def internal_origin(exc: BaseException | None) -> str | None:
+    """Where an exception that signals a bug in onnxfuse's own code was raised, e.g. `KeyError: 'x' at bind.py:88`:
+    a KeyError, AttributeError, TypeError... whose innermost frame is in the package, on its own or as the cause
+    (or context) of the exception that left the stage. Library code raising them (onnx's reference evaluator,
+    onnx-ir on a broken graph) is not ours."""
+    for _ in range(8):
+        if exc is None:
+            return None
+        if isinstance(exc, BUG_TYPES):
+            frames = traceback.extract_tb(exc.__traceback__)
+            if frames and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE):
+                return f"{type(exc).__name__}: {exc} at {Path(frames[-1].filename).name}:{frames[-1].lineno}"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class StageWatch:
+    """Wrappers around the stage functions onnxfuse.pipeline calls (each calls the real one): which stages a
+    case entered, and every exception signalling an internal bug that left a stage, whatever the exit became."""
+
+    def __init__(self) -> None:
+        self.entered: set[str] = set()
+        self.internal: list[str] = []
+
+    def reset(self) -> None:
+        self.entered, self.internal = set(), []
+
+    def wrap(self, name: str, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def watched(*args, **kwargs):
+            self.entered.add(name)
+            try:
+                return function(*args, **kwargs)
+            except BaseException as exc:
+                if origin := internal_origin(exc):
+                    self.internal.append(f"{name}: {origin}")
+                raise
+
+        return watched
+
+
+@pytest.fixture
+def stage_watch(monkeypatch: pytest.MonkeyPatch) -> StageWatch:
+    """Every stage name of onnxfuse.pipeline wrapped for this test (a missing name fails the test)."""
+    import onnxfuse.pipeline as pipeline
+
+    watch = StageWatch()
+    for name in STAGES:
+        monkeypatch.setattr(pipeline, name, watch.wrap(name, getattr(pipeline, name)))
+    return watch
+
+
+class Runner:
+    """Runs the cases of one test, keeps the failing inputs, tallies exit statuses and the stages reached."""
+
+    def __init__(self, test: str, cases: Path, breadcrumb: Path, watch: StageWatch | None = None) -> None:
         self.test = test
         self.cases = cases
         self.breadcrumb = breadcrumb
+        self.watch = watch or StageWatch()
         self.failures: list[Outcome] = []
         self.tally = TALLY.setdefault(test, Counter())
         self.start = time.perf_counter()
@@ -906,6 +1446,7 @@ class Runner:
     ) -> None:
         self.breadcrumb.write_text(f"{case}\n{mutation}\nonnxfuse {' '.join(args)}\n")
         started = time.perf_counter()
+        self.watch.reset()
         result, hang = invoke(args)
         seconds = time.perf_counter() - started
         if seconds > SLOWEST.get(self.test, (0.0, ""))[0]:
@@ -914,6 +1455,11 @@ class Runner:
         if result is not None and check is not None:
             problems += check(result)
         code = None if result is None else result.exit_code
+        if self.watch.internal and code != 1:
+            problems.append(f"exit {code} hides an internal error: {self.watch.internal[0]}")
+        if args[0] == "merge":
+            reached = REACHED.setdefault(case.split("#")[0], Counter())
+            reached.update(["cases", *self.watch.entered])
         self.tally[f"exit {code}" if code is not None else "hang"] += 1
         if code == 0 and result is not None and result.stderr.strip():
             self.tally["(exit 0 with stderr output)"] += 1
@@ -991,7 +1537,11 @@ def case_rng(case: str) -> random.Random:
 
 @pytest.fixture
 def runner(
-    request: pytest.FixtureRequest, cases_dir: Path, outside: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    cases_dir: Path,
+    outside: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    stage_watch: StageWatch,
 ) -> Iterator[Runner]:
     """The test's folder of cases, with what external-data mutations point at: `weights.bin` (1 KiB),
     `link.bin` (a symlink out of the folder) and `sub/` (a folder)."""
@@ -1001,7 +1551,7 @@ def runner(
     (folder / "weights.bin").write_bytes(bytes(range(256)) * 4)
     (folder / "link.bin").symlink_to(outside)
     (folder / "sub").mkdir()
-    yield Runner(request.node.name, folder, breadcrumb)
+    yield Runner(request.node.name, folder, breadcrumb, stage_watch)
     breadcrumb.unlink(missing_ok=True)
 
 
@@ -1031,12 +1581,25 @@ def summary_text() -> str:
         lines.append(
             f"  {test}: {cases(tally)} cases ({statuses}) in {seconds:.1f} s, slowest {slowest:.2f} s ({case})"
         )
+    if REACHED:
+        lines += stage_table()
     heads = [
         f"fuzz {kind}: {cases(tally)} cases (" + ", ".join(f"{k}: {v}" for k, v in sorted(tally.items())) + ")"
         for kind, tally in totals.items()
         if tally
     ]
     return "\n".join(heads + lines)
+
+
+def stage_table() -> list[str]:
+    """Per merge family, how many cases entered each stage function of onnxfuse.pipeline."""
+    width = max(len(family) for family in REACHED)
+    lines = ["  stages reached (cases that entered each stage of onnxfuse.pipeline):"]
+    lines.append(f"    {'cases':<{width}} {'all':>5} " + " ".join(f"{stage:>10}" for stage in STAGES))
+    for family, reached in sorted(REACHED.items()):
+        counts = " ".join(f"{reached[stage]:>10}" for stage in STAGES)
+        lines.append(f"    {family:<{width}} {reached['cases']:>5} {counts}")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1125,6 +1688,51 @@ def test_merge_mean_exits_0_or_2_when_a_model_is_mutated(corpus: Path, runner: R
     runner.finish()
 
 
+MODEL_FEATURES = {"lr": "a,b", "mlp": "c,d", "lgbm": "c,d", "onehot": "-", "ordinal": "-"}  # `-`: by name
+STRUCT_SETS = (
+    ("lr", "mlp"), ("lr", "lgbm"), ("mlp", "lgbm"), ("onehot", "mlp"), ("lr", "onehot"), ("ordinal", "onehot"),
+    ("onehot", "lgbm"), ("ordinal", "lr"), ("lr", "onehot", "lgbm"),
+)  # fmt: skip
+STRUCT_MODES = {  # how the merge is asked for, and how often
+    "mean": ["--fusion", "mean"],
+    "mean-data": ["--fusion", "mean", "--data", "{data}", "--target", TARGET],
+    "stack": ["--meta", "linear", "--data", "{data}", "--target", TARGET],
+    "vote": ["--fusion", "vote"],
+    "gate": ["--fusion", "gate", "--data", "{data}", "--target", TARGET],
+}
+STRUCT_WEIGHTS = {"mean": 10, "mean-data": 3, "stack": 3, "vote": 3, "gate": 1}
+REACH_VERIFY = 0.30  # measured ~0.5 of merge-struct cases enter verify; a regression that stops them early fails
+
+
+def test_merge_exits_0_or_2_when_a_model_is_edited_in_structure(corpus: Path, runner: Runner) -> None:
+    """Two or three sources (string inputs among them), one edited by a structure-aware mutation, merged with
+    a seeded choice of heads; then a share of the cases must have reached verify."""
+    for number in numbers(STRUCT_CASES):
+        case = f"merge-struct#{number}"
+        if not selected(case):
+            continue
+        rng = case_rng(case)
+        names = rng.choice(STRUCT_SETS)
+        position = rng.randrange(len(names))
+        data, mutation = mutate_structure((corpus / f"{names[position]}.onnx").read_bytes(), rng)
+        path = runner.write(case, ".onnx", data)
+        models = [str(path if i == position else corpus / f"{name}.onnx") for i, name in enumerate(names)]
+        mode = rng.choices(sorted(STRUCT_WEIGHTS), [STRUCT_WEIGHTS[m] for m in sorted(STRUCT_WEIGHTS)])[0]
+        out, previous = _out_for(runner, case, rng)
+        args = ["merge", *models, *(f for name in names for f in ("--features", MODEL_FEATURES[name]))]
+        args += [a.format(data=corpus / rng.choice(("data.csv", "data.parquet"))) for a in STRUCT_MODES[mode]]
+        args += ["-o", str(out)]
+        mutation = f"model {position + 1} of {names} ({mode}): {mutation}"
+        runner.run(case, mutation, path, args, merge_checker(out, previous))
+        if not runner.failures or runner.failures[-1].case != case:
+            shutil.rmtree(out.parent)
+    runner.finish()
+    reached = REACHED.get("merge-struct", Counter())
+    if reached["cases"] >= 50:
+        share = {stage: reached[stage] / reached["cases"] for stage in ("splice", "verify")}
+        assert share["verify"] >= REACH_VERIFY and share["splice"] >= REACH_VERIFY, (share, stage_table())
+
+
 DATA_MUTATORS: dict[str, tuple[str, Callable[[bytes, random.Random], tuple[bytes, str]]]] = {
     "csv-bytes": (".csv", mutate_bytes),
     "csv-edit": (".csv", mutate_csv_text),
@@ -1136,10 +1744,10 @@ DATA_MUTATORS: dict[str, tuple[str, Callable[[bytes, random.Random], tuple[bytes
 
 @pytest.mark.parametrize("family", sorted(DATA_MUTATORS))
 def test_merge_stack_exits_0_or_2_when_data_is_mutated(corpus: Path, runner: Runner, family: str) -> None:
-    """The default `--fusion stack --data DATA --target y` on lr (a,b) and mlp (c,d), DATA mutated."""
+    """The default `--fusion stack --data DATA --target y` on lr (a,b) and mlp (c,d), DATA mutated; a quarter of
+    the csv and parquet cases merge onehot (the string column `color` and e) with mlp instead."""
     suffix, mutator = DATA_MUTATORS[family]
     original = (corpus / f"data{suffix}").read_bytes()
-    models = [str(corpus / "lr.onnx"), str(corpus / "mlp.onnx")]
     for number in numbers(MERGE_DATA_CASES[family]):
         case = f"merge-stack-{family}#{number}"
         if not selected(case):
@@ -1148,8 +1756,12 @@ def test_merge_stack_exits_0_or_2_when_data_is_mutated(corpus: Path, runner: Run
         data, mutation = mutator(original, rng)
         path = runner.write(case, suffix, data)
         out, previous = _out_for(runner, case, rng)
-        args = ["merge", *models, "--features", FEATURES[0], "--features", FEATURES[1]]
+        strings = suffix != ".npz" and case_rng(f"{case}/models").random() < 0.25  # npz holds no strings
+        names = ("onehot", "mlp") if strings else ("lr", "mlp")
+        args = ["merge", *(str(corpus / f"{name}.onnx") for name in names)]
+        args += [f for name in names for f in ("--features", MODEL_FEATURES[name])]
         args += ["--data", str(path), "--target", TARGET, "-o", str(out)]
+        mutation = f"{names}: {mutation}"
         runner.run(case, mutation, path, args, merge_checker(out, previous))
         if not runner.failures or runner.failures[-1].case != case:
             shutil.rmtree(out.parent)
@@ -1168,7 +1780,8 @@ def test_mutators_are_deterministic(corpus: Path) -> None:
     csv = (corpus / "data.csv").read_bytes()
     parquet = (corpus / "data.parquet").read_bytes()
     for case in ("a#1", "b#2", "c#3"):
-        for mutator, data in ((mutate_bytes, model), (mutate_proto, model), (mutate_csv_text, csv)):
+        mutators = ((mutate_bytes, model), (mutate_proto, model), (mutate_structure, model), (mutate_csv_text, csv))
+        for mutator, data in mutators:
             assert mutator(data, case_rng(case)) == mutator(data, case_rng(case))
         first, second = mutate_parquet(parquet, case_rng(case)), mutate_parquet(parquet, case_rng(case))
         assert first[1] == second[1]
@@ -1189,3 +1802,78 @@ def test_valid_corpus_passes(corpus: Path, tmp_path: Path) -> None:
     args = ["merge", str(corpus / "lr.onnx"), str(corpus / "lgbm.onnx"), "--features", FEATURES[0]]
     result, hang = invoke([*args, "--features", FEATURES[1], "--fusion", "mean", "-o", str(tmp_path / "mean.onnx")])
     assert result is not None and result.exit_code == 0, (hang, result and result.stderr)
+
+
+def test_structure_edits_keep_most_models_valid(corpus: Path) -> None:
+    """The structure-aware edits are plausible: most edited models still pass onnx's full checker."""
+    valid = 0
+    for number in range(200):
+        rng = case_rng(f"struct-valid#{number}")
+        name = rng.choice((*MODELS, *STRING_MODELS))
+        data, _ = mutate_structure((corpus / f"{name}.onnx").read_bytes(), rng)
+        try:
+            onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+            valid += 1
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
+            pass
+    assert valid >= 100, f"only {valid} of 200 edited models pass the checker"
+
+
+def _internal_key_error(*args, **kwargs):
+    """A KeyError raised by onnxfuse's own code: verify.feeds_of_source asked for a feed that is not there."""
+    from onnxfuse.bind import InputBinding
+    from onnxfuse.verify import feeds_of_source
+
+    feeds_of_source([InputBinding("not_fed", TensorProto.FLOAT, 2)], None, {})
+
+
+def _merge_args(corpus: Path, out: Path) -> list[str]:
+    args = ["merge", str(corpus / "lr.onnx"), str(corpus / "onehot.onnx"), "--features", "a,b", "--features", "-"]
+    return [*args, "--meta", "linear", "--data", str(corpus / "data.csv"), "--target", TARGET, "-o", str(out)]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_merge_exits_1_when_a_stage_raises_an_internal_error(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """A KeyError from onnxfuse's own code in any stage is an internal error (exit 1, nothing written), even when
+    a source looks broken on its own: the check that blames broken sources must not turn our bugs into exit 2."""
+    import onnxfuse.pipeline as pipeline
+    import onnxfuse.verify as verify
+
+    monkeypatch.setattr(pipeline, stage, _internal_key_error)
+    monkeypatch.setattr(verify, "_broken_alone", lambda model: "it looks broken")
+    out = tmp_path / "fused.onnx"
+    result, hang = invoke(_merge_args(corpus, out))
+    assert result is not None and result.exit_code == 1, (hang, result and result.stderr)
+    assert result.stderr.startswith("error: internal error: KeyError: 'not_fed'"), result.stderr
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_runner_fails_a_case_whose_exit_2_hides_an_internal_error(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fuzz check itself: a stage that turns our own KeyError into a user error (exit 2) fails its case."""
+    import onnxfuse.pipeline as pipeline
+    from onnxfuse.errors import OnnxfuseError
+
+    def hiding(*args, **kwargs):
+        try:
+            _internal_key_error()
+        except KeyError as exc:
+            raise OnnxfuseError("the data looks wrong") from exc
+
+    watch = StageWatch()
+    monkeypatch.setattr(pipeline, "splice", watch.wrap("splice", hiding))
+    runner = Runner("selfcheck", tmp_path, tmp_path / "breadcrumb.txt", watch)
+    out = tmp_path / "out" / "fused.onnx"
+    out.parent.mkdir()
+    try:
+        runner.run("selfcheck#0", "none", tmp_path / "none.onnx", _merge_args(corpus, out), merge_checker(out, None))
+    finally:
+        TALLY.pop("selfcheck", None)
+        REACHED.pop("selfcheck", None)
+    assert [f.exit_code for f in runner.failures] == [2]
+    problems = runner.failures[0].problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("exit 2 hides an internal error: splice: KeyError: 'not_fed' at verify.py:"), problems

@@ -132,7 +132,7 @@ def _recheck_reference(path: Path, models, binding: Binding, *, fused, alone, fe
             compare(name, reference[name], value, REFERENCE_TOLERANCE, "onnxruntime vs the reference evaluator")
     for index, problem in differing.items():
         warn(
-            f"{models[index - 1].source.label}: onnx's reference evaluator gives other numbers than onnxruntime for "
+            f"{models[index - 1].source.label}: onnx's reference evaluator does not reproduce onnxruntime on "
             f"this source alone ({problem}); the fused file was checked across runtimes with its outputs taken "
             "from onnxruntime, which matches the source file"
         )

@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import COLUMNS, columns_of, make_rows, save
+from conftest import COLUMNS, assert_one_error_line, columns_of, make_rows, ort_outputs, save
 from onnx import AttributeProto, TensorProto
 from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
 from skl2onnx import to_onnx
@@ -1877,3 +1877,67 @@ def test_runner_fails_a_case_whose_exit_2_hides_an_internal_error(
     problems = runner.failures[0].problems
     assert len(problems) == 1, problems
     assert problems[0].startswith("exit 2 hides an internal error: splice: KeyError: 'not_fed' at verify.py:"), problems
+
+
+def _edited_copy(corpus: Path, name: str, folder: Path, edit: Callable[[onnx.ModelProto], None]) -> Path:
+    model = onnx.load(str(corpus / f"{name}.onnx"))
+    edit(model)
+    return save(model, folder / f"{name}_edited.onnx")
+
+
+def _double_e(model: onnx.ModelProto) -> None:
+    """onehot's `e` declared double: its Scaler accepts it, onnxruntime writes float, the reference evaluator double."""
+    next(v for v in model.graph.input if v.name == "e").type.tensor_type.elem_type = TensorProto.DOUBLE
+
+
+def _reversed_tree_ids(model: onnx.ModelProto) -> None:
+    """ordinal's tree with its node ids reversed: onnxruntime runs it, the reference evaluator raises KeyError."""
+    attribute = next(a for n in model.graph.node for a in n.attribute if a.name == "nodes_nodeids")
+    ids = list(attribute.ints)[::-1]
+    del attribute.ints[:]
+    attribute.ints.extend(ids)
+
+
+@pytest.mark.parametrize(("name", "edit"), [("onehot", _double_e), ("ordinal", _reversed_tree_ids)])
+def test_merge_warns_and_writes_when_the_reference_evaluator_cannot_reproduce_a_source(
+    corpus: Path, tmp_path: Path, name: str, edit: Callable[[onnx.ModelProto], None]
+) -> None:
+    """Found by merge-struct: a source that onnxruntime runs but onnx's reference evaluator types otherwise or
+    cannot run made verify fail (exit 1). Its outputs are now fed from onnxruntime for the cross-runtime check."""
+    path = _edited_copy(corpus, name, tmp_path, edit)
+    out = tmp_path / "fused.onnx"
+    args = ["merge", str(corpus / "lr.onnx"), str(path), "--features", "a,b", "--features", "-", "--fusion", "mean"]
+    result, hang = invoke([*args, "--keep-model-outputs", "-o", str(out)])
+    assert result is not None and result.exit_code == 0, (hang, result and result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: model 2 ({path.name}): onnx's reference evaluator"), lines
+    onnx.checker.check_model(str(out), full_check=True)
+    rng = np.random.default_rng(0)
+    dtype = np.float64 if name == "onehot" else np.float32  # a double source input makes `features` float64
+    features = rng.normal(size=(50, 3)).astype(dtype)  # a, b and the model's own number column
+    color = rng.choice(np.array(["red", "green", "blue", ""], dtype=object), size=(50, 1))
+    fused = ort_outputs(out, {"features": features, "color": color})
+    expected = ort_outputs(path, {"color": color, "e" if name == "onehot" else "c": features[:, 2:]})
+    np.testing.assert_array_equal(fused["m2/output_label"], expected["output_label"])
+    probabilities = np.array([[row[k] for k in (0, 1)] for row in expected["output_probability"]], dtype=np.float32)
+    np.testing.assert_allclose(fused["m2/output_probability"], probabilities, rtol=1e-6, atol=1e-7)
+
+
+def _reshape_fails_on_every_batch(model: onnx.ModelProto) -> None:
+    """onehot's Reshape to `[-1, 3]` made `[3, -1]`: onnxruntime loads it and fails on any batch but 3 rows' worth."""
+    tensor = next(t for t in model.graph.initializer if t.name == "shape_tensor")
+    tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor)[::-1].copy(), tensor.name))
+
+
+def test_merge_names_the_source_when_it_fails_at_run_time_on_every_batch(corpus: Path, tmp_path: Path) -> None:
+    """Found by merge-struct: scoring the spliced graph on --data failed in onnxruntime and, the source being
+    loadable and well typed, the failure was called internal (exit 1). Each source is now also run alone."""
+    path = _edited_copy(corpus, "onehot", tmp_path, _reshape_fails_on_every_batch)
+    onnx.checker.check_model(str(path), full_check=True)
+    out = tmp_path / "fused.onnx"
+    args = _merge_args(corpus, out)
+    args[2] = str(path)  # merge lr.onnx <this> ...
+    result, hang = invoke(args)
+    assert result is not None, hang
+    assert_one_error_line(result, f"model 2 ({path.name})", "broken on its own")
+    assert not out.exists()

@@ -31,6 +31,11 @@ pytestmark = [
 ]
 
 TABLE_ROWS, TABLE_WIDTH = 300_000, 1_000  # 1.2 GB of float32 per source
+MiB = 2**20
+# What README's Performance and Hardening sections say this merge peaked at; the test allows 20 % above them (other
+# library versions, allocator drift) and fails beyond, so the figures README quotes stay true.
+README_PEAK_RSS, README_PEAK_ANON = 208 * MiB, 96 * MiB
+SLACK = 1.2
 
 
 def big_source(folder: Path, name: str, seed: int) -> Path:
@@ -114,15 +119,21 @@ def test_merge_writes_out_data_and_verifies_when_the_result_is_over_2_gb(large_d
     args = [sys.executable, "-c", code, "merge", *map(str, sources), "--features", "a,b", "--features", "c,d",
             "--fusion", "mean", "-o", str(out)]  # fmt: skip
     returncode, stderr, peak_rss, peak_anon = run_measured(args)
-    print(f"merge of 2 x 1.2 GB: peak RSS {peak_rss / 2**20:.0f} MiB, peak anonymous {peak_anon / 2**20:.0f} MiB")
+    print(
+        f"merge of 2 x 1.2 GB: peak RSS {peak_rss / MiB:.0f} MiB (README {README_PEAK_RSS / MiB:.0f}), "
+        f"peak anonymous {peak_anon / MiB:.0f} MiB (README {README_PEAK_ANON / MiB:.0f})"
+    )
     assert returncode == 0, stderr
     weights = 2 * TABLE_ROWS * TABLE_WIDTH * 4
     (data,) = digest.external_locations(out)
     assert re.fullmatch(r"fused\.[0-9a-f]{16}\.data", data), data
-    assert (out.parent / data).stat().st_size >= weights
-    assert out.stat().st_size < 2**20, "the graph stays small; the weights are in the data file"
+    assert weights <= (out.parent / data).stat().st_size < weights + MiB, "each weight once, beside OUT"
+    assert out.stat().st_size < MiB, "the graph stays small; the weights are in the data file"
     assert sorted(p.name for p in out.parent.iterdir()) == [data, "fused.onnx"]
-    assert peak_anon < weights / 10, f"anonymous memory peaked at {peak_anon / 2**20:.0f} MiB"
+    assert peak_rss <= README_PEAK_RSS * SLACK, f"peak RSS {peak_rss / MiB:.0f} MiB: README's figure no longer holds"
+    assert peak_anon <= README_PEAK_ANON * SLACK, (
+        f"anonymous memory peaked at {peak_anon / MiB:.0f} MiB: README's figure no longer holds"
+    )
     started = time.perf_counter()
     digest.check_digest(out)  # OUT's bytes and the 2.4 GB weights' file, hashed in chunks
     print(f"digest check of OUT + {data}: {time.perf_counter() - started:.1f} s")

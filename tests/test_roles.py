@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from conftest import (
 from skl2onnx import to_onnx
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from onnxfuse.errors import OnnxfuseWarning
+from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning
 from onnxfuse.heads import Signals
 from onnxfuse.pipeline import merge
 from onnxfuse.spec import FuseSpec, ModelSpec
@@ -492,3 +493,194 @@ def test_output_role_reads_hand_normalised_probabilities_as_such_with_one_warnin
 
     own = source_probabilities(source, x[:300, 2:4], first_output)
     check_fused(out, result, x[:300], [partner_probabilities(first, x[:300], (0, 1)), own])
+
+
+# --- the rules of `output_role`'s docstring, one hand-built graph each (no exporter writes these shapes) -----------
+
+
+def role_of(path: Path, *, task: str | None = "classification", target=(0, 1, 2), **declared):
+    """The role `output_role` gives the source at `path` (model 1, columns c,d) for a target of classes `target`."""
+    from onnxfuse.load import load_model
+    from onnxfuse.normalize import normalize
+    from onnxfuse.roles import output_role
+
+    (normalized,), _ = normalize([load_model(ModelSpec(path, ("c", "d"), **declared), 1)])
+    return output_role(normalized, task=task, classes=target)
+
+
+def text_source(folder: Path, name: str, text: str) -> Path:
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model, full_check=True)
+    return save(model, folder / f"{name}.onnx")
+
+
+W23 = "<float[2, 3] w = {1.5, -1.0, 0.2, 0.5, 1.0, -1.2}, float[2, 3] v = {0.3, 0.1, -0.4, -0.7, 0.9, 0.2}>"
+TWO_MATRICES = f"""
+<ir_version: 10, opset_import: ["" : 21]>
+two (float[N, 2] x) => (float[N, 3] first, float[N, 3] second) {W23} {{
+    first = MatMul (x, w)
+    second = MatMul (x, v)
+}}
+"""
+NORMALIZED_BESIDE_SCORES = f"""
+<ir_version: 10, opset_import: ["" : 21]>
+beside (float[N, 2] x) => (float[N, 3] scores, float[N, 3] normalized) {W23} {{
+    scores = MatMul (x, w)
+    normalized = %s <axis = 1> (scores)
+}}
+"""
+THROUGH_PASS_THROUGH_OPS = f"""
+<ir_version: 10, opset_import: ["" : 21]>
+through (float[N, 2] x) => (float[N, 3] out) {W23} {{
+    scores = MatMul (x, w)
+    probs = Softmax <axis = 1> (scores)
+    shape = Constant <value = int64[2] {{-1, 3}}> ()
+    shaped = Reshape (probs, shape)
+    cast = Cast <to = 1> (shaped)
+    out = Identity (cast)
+}}
+"""
+SIGMOID_THROUGH_FLATTEN = """
+<ir_version: 10, opset_import: ["" : 21]>
+sigmoid (float[N, 2] x) => (float[N, 1] column) <float[2, 1] w = {1.5, -1.0}> {
+    score = MatMul (x, w)
+    p = Sigmoid (score)
+    flat = Flatten <axis = 1> (p)
+    column = Identity (flat)
+}
+"""
+PROB_NAMED = f"""
+<ir_version: 10, opset_import: ["" : 21]>
+named (float[N, 2] x) => (float[N, 3] class_prob) {W23} {{
+    class_prob = MatMul (x, w)
+}}
+"""
+WITH_CONSTANT_PRIOR = f"""
+<ir_version: 10, opset_import: ["" : 21]>
+prior (float[N, 2] x) => (float[N, 3] z, float[1, 3] prior) {W23} {{
+    z = MatMul (x, w)
+    prior = Constant <value = float[1, 3] {{0.2, 0.3, 0.5}}> ()
+}}
+"""
+TWO_LABELS = f"""
+<ir_version: 10, opset_import: ["" : 21]>
+labels (float[N, 2] x) => (float[N, 3] probs, int64[N] top, int64[N] other) {W23} {{
+    scores = MatMul (x, w)
+    probs = Softmax <axis = 1> (scores)
+    top = ArgMax <axis = 1, keepdims = 0> (probs)
+    axes = Constant <value = int64[1] {{1}}> ()
+    total = ReduceSum <keepdims = 0> (x, axes)
+    other = Cast <to = 7> (total)
+}}
+"""
+FEATURE_EXTRACTED_LABEL = f"""
+<ir_version: 10, opset_import: ["" : 21, "ai.onnx.ml" : 3]>
+extracted (float[N, 2] x) => (int64[N] label, float[N, 3] probs) {W23} {{
+    scores = MatMul (x, w)
+    probs = Softmax <axis = 1> (scores)
+    index = ArgMax <axis = 1, keepdims = 0> (probs)
+    classes = Constant <value = int64[3] {{10, 20, 30}}> ()
+    picked = ai.onnx.ml.ArrayFeatureExtractor (classes, index)
+    flat = Constant <value = int64[1] {{-1}}> ()
+    label = Reshape (picked, flat)
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def graphs(folder: Path) -> dict[str, Path]:
+    texts = {
+        "two_matrices": TWO_MATRICES, "softmax_beside": NORMALIZED_BESIDE_SCORES % "Softmax",
+        "log_softmax_beside": NORMALIZED_BESIDE_SCORES % "LogSoftmax", "through": THROUGH_PASS_THROUGH_OPS,
+        "sigmoid": SIGMOID_THROUGH_FLATTEN, "prob_named": PROB_NAMED, "prior": WITH_CONSTANT_PRIOR,
+        "two_labels": TWO_LABELS, "extracted": FEATURE_EXTRACTED_LABEL,
+    }  # fmt: skip
+    return {name: text_source(folder, name, text) for name, text in texts.items()}
+
+
+@pytest.mark.parametrize("key", ["probabilities", "logits", "log_probabilities"])
+def test_output_role_takes_the_declared_signal_and_its_form(graphs, key):
+    role = role_of(graphs["two_matrices"], **{key: "second"})
+    assert (role.probabilities, role.form, role.declared) == ("second", key, True)
+    assert role.classes == (0, 1, 2)
+
+
+def test_output_role_refuses_two_unnormalised_matrices_naming_outputs_and_declaration(graphs):
+    with pytest.raises(OnnxfuseError) as refused:
+        role_of(graphs["two_matrices"])
+    message = str(refused.value)
+    for part in ("model 1 (two_matrices.onnx)", "first [N,3], second [N,3]", "--declare 1:logits=NAME"):
+        assert part in message, message
+
+
+def test_output_role_takes_the_declared_label_when_two_outputs_could_be_one(graphs):
+    assert role_of(graphs["two_labels"]).label is None, "two int64 [N] outputs: neither is guessed"
+    role = role_of(graphs["two_labels"], label="other")
+    assert (role.label, role.probabilities, role.form) == ("other", "probs", "probabilities")
+
+
+@pytest.mark.parametrize(("name", "form"), [("softmax_beside", "probabilities"), ("log_softmax_beside",
+                                                                                    "log_probabilities")])  # fmt: skip
+def test_output_role_picks_the_normalised_matrix_among_several(graphs, name, form):
+    role = role_of(graphs[name])  # both are as wide as the target's classes: only the normalisation decides
+    assert (role.probabilities, role.form) == ("normalized", form)
+
+
+def test_output_role_reads_the_form_through_reshape_cast_and_identity(graphs):
+    assert role_of(graphs["through"]).form == "probabilities"
+    sigmoid = role_of(graphs["sigmoid"], target=(0, 1))
+    assert (sigmoid.form, sigmoid.classes) == ("positive", (0, 1))
+
+
+def test_output_role_reads_a_prob_named_matrix_as_probabilities(graphs):
+    assert role_of(graphs["prob_named"]).form == "probabilities"
+    assert role_of(graphs["two_matrices"], logits="first").form == "logits", "other names: logits"
+
+
+def test_output_role_never_takes_an_output_that_depends_on_no_input(graphs):
+    role = role_of(graphs["prior"])
+    assert (role.probabilities, role.form, role.classes) == ("z", "logits", (0, 1, 2))
+
+
+def test_output_role_takes_classes_from_a_constant_array_feature_extracted_by_argmax(graphs):
+    role = role_of(graphs["extracted"], target=LABELS)
+    assert (role.label, role.probabilities, role.classes) == ("label", "probs", LABELS)
+
+
+def test_output_role_reads_scores_when_no_class_list_is_known(graphs):
+    role = role_of(graphs["two_matrices"], task=None, target=None, logits="first")
+    assert (role.task, role.prediction, role.width) == ("scores", "first", 3)
+
+
+def test_output_role_refuses_a_positive_column_with_more_than_two_declared_classes(graphs):
+    with pytest.raises(OnnxfuseError, match=r"model 1 \(sigmoid.onnx\): one-column output 'column' is P\(second "
+                                            r"class\) but 3 classes are declared; declare two"):  # fmt: skip
+        role_of(graphs["sigmoid"], target=(0, 1), classes=(0, 1, 2))
+
+
+def test_merge_reads_probabilities_through_pass_through_ops_without_a_warning(rows, folder, graphs, tmp_path):
+    """Recognised by its Softmax, not by the distribution check that warns: no second Softmax, no warning."""
+    x = rows["x"][:, :4]
+    first = partner(rows, folder, "y3")
+    out = tmp_path / "fused.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OnnxfuseWarning)
+        result = merged([first, graphs["through"]], ["ab", "cd"], write_csv(tmp_path / "rows.csv", rows, label="y3"),
+                        out, fusion="mean")  # fmt: skip
+    own = source_probabilities(graphs["through"], x[:300, 2:4], first_output)
+    check_fused(out, result, x[:300], [partner_probabilities(first, x[:300], (0, 1, 2)), own])
+
+
+def test_merge_reads_a_label_array_feature_extracted_from_class_constants(rows, folder, graphs, tmp_path):
+    x = rows["x"][:, :4]
+    target = np.array(LABELS)[rows["y3"]]
+    first = partner(rows, folder, "y3", classes=LABELS)
+    data = write_csv(tmp_path / "rows.csv", {**rows, "label": target}, label="label")
+    out = tmp_path / "fused.onnx"
+    result = merged([first, graphs["extracted"]], ["ab", "cd"], data, out, fusion="vote")
+    assert result.classes == LABELS
+    expected = source_probabilities(graphs["extracted"], x[:300, 2:4], lambda o: o["label"])
+    assert set(np.unique(expected)) <= set(LABELS)
+    own = np.eye(3, dtype=np.float32)[np.searchsorted(LABELS, expected)]  # its own label is its vote
+    mine = np.eye(3, dtype=np.float32)[partner_probabilities(first, x[:300], LABELS).argmax(axis=1)]
+    check_fused(out, result, x[:300], [mine, own])

@@ -37,11 +37,11 @@ def write_csv(
 
 
 def bernoulli_rows(
-    rng: np.random.Generator, count: int, width: int, logit: Callable[[np.ndarray], np.ndarray]
+    rng: np.random.Generator, shape: tuple[int, int], logit: Callable[[np.ndarray], np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`width` standard-normal float32 columns and a binary label drawn with P(1) = sigmoid(logit(x))."""
-    x = rng.normal(size=(count, width)).astype(np.float32)
-    y = (rng.random(count) < 1 / (1 + np.exp(-logit(x)))).astype(np.int64)
+    """Standard-normal float32 rows of `shape` and a binary label drawn with P(1) = sigmoid(logit(x))."""
+    x = rng.normal(size=shape).astype(np.float32)
+    y = (rng.random(shape[0]) < 1 / (1 + np.exp(-logit(x)))).astype(np.int64)
     return x, y
 
 
@@ -52,7 +52,7 @@ def interaction_task(rows: int, seed: int, *, within_groups: bool = False) -> tu
         a, b, c, d = x.T
         return 2.5 * (a * b + c * d) if within_groups else 1.5 * a - b + 1.2 * c + 0.8 * d + 2.5 * a * c
 
-    return bernoulli_rows(np.random.default_rng(seed), rows, 4, logit)
+    return bernoulli_rows(np.random.default_rng(seed), (rows, 4), logit)
 
 
 def group_sources(

@@ -245,6 +245,7 @@ def unify_versions(proto: onnx.ModelProto, label: str, versions: Versions) -> on
     _check_ml_ops(proto, label, versions.ml_opset)
     proto = _convert_opset(proto, label, versions.opset)
     _set_opset_imports(proto, versions)
+    proto = _unify_functions(proto, label)
     proto.ir_version = versions.ir_version
     _name_batch_dim(proto.graph)
     return proto
@@ -365,8 +366,8 @@ def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.Mode
     if source is None or source == target:
         return proto
     try:
-        if proto.functions:
-            proto = onnx.inliner.inline_local_functions(proto)
+        if proto.functions:  # each body converted from its own imports to the model's first
+            proto = onnx.inliner.inline_local_functions(proto, convert_version=True)
         return version_converter.convert_version(proto, target)
     except (
         RuntimeError, ValueError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError,
@@ -401,6 +402,29 @@ def _set_opset_imports(proto: onnx.ModelProto, versions: Versions) -> None:
             imports[opset.domain] = opset.version
     del proto.opset_import[:]
     proto.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(imports.items()))
+
+
+def _unify_functions(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Local functions take the model's versions (splice's inliner refuses a mismatch): ai.onnx.ml follows the
+    model's, as `_check_ml_ops` checked their nodes with it; a function of another ai.onnx is inlined, its body
+    converted to the model's opset."""
+    model = {o.domain: o.version for o in proto.opset_import}
+    other = False
+    for function in proto.functions:
+        for opset in function.opset_import:
+            if opset.domain == ML and ML in model:
+                opset.version = model[ML]
+            elif opset.domain in ("", "ai.onnx") and opset.version != model.get(""):
+                other = True
+    if not other:
+        return proto
+    try:
+        return onnx.inliner.inline_local_functions(proto, convert_version=True)
+    except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
+        raise OnnxfuseError(
+            f"{label}: a local function imports another ai.onnx opset than the model and cannot be converted to "
+            f"{model.get('')}: {_converter_reason(exc)}"
+        ) from exc
 
 
 def _relax_batch_dims(graph: onnx.GraphProto) -> None:

@@ -22,8 +22,9 @@ reads it), every child importing the same modules and loading X.npy before the c
     raw batched     the same session, a plain loop over batches of --batch rows, np.concatenate at the end
     raw prealloc    (info) the same loop writing into preallocated output arrays (no concatenation copy)
 
-All sessions use onnxruntime's default SessionOptions (score sets only the log level), so the
-same default thread count. After one uncounted warm-up round, every child runs `--repeat` times,
+The raw sessions use onnxruntime's default SessionOptions (its default thread count); score
+runs each batch on one onnxruntime thread, batches side by side on every core (so its scores do
+not depend on the core count: see onnxfuse.score). After one uncounted warm-up round, every child runs `--repeat` times,
 interleaved; the table shows medians. `work s` runs from just before `score` is called or the
 raw session is created (data loaded, splice done) to the outputs being complete; `best s` is the
 fastest run, `cpu s` the process CPU seconds of the work (all threads); rows/s = rows / work s.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -28,28 +30,46 @@ def score(
 
     Rules: the graph is saved once in `folder` with its weights in external data
     (onnxruntime memory-maps them), run in batches of `batch_rows` (default
-    `BATCH_ROWS`, read at each call so a test can lower it) so only one batch of
-    intermediate tensors exists at a time, and `progress` is told the rows done
-    in each batch. The model is left as it was.
+    `BATCH_ROWS`, read at each call so a test can lower it), and `progress` is told
+    the rows done in each batch. The model is left as it was.
+
+    Every batch runs on one onnxruntime thread (batches run side by side, one per
+    core): onnxruntime's tree ensembles sum their trees in an order that depends on
+    its thread count, so with its default threads the scores, and the head fitted
+    on them, would change in the last bit with the machine's core count. With one
+    thread a row's scores depend only on its batch, which is the same everywhere.
+    At most one batch of intermediate tensors per core exists at a time.
     """
     batch_rows = BATCH_ROWS if batch_rows is None else batch_rows
     path = save_with_outputs(model, list(outputs.values()), folder / SCORE_FILE)
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach us as exceptions; no C++ log lines on stderr
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # measured faster on a busy machine
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [value.name for value in outputs.values()]
     wanted = {i.name for i in session.get_inputs()}
     total = len(next(iter(feeds.values())))
+    starts = range(0, total, batch_rows)
     results: dict[str, np.ndarray] = {}
-    for start in range(0, total, batch_rows):
+
+    def run(start: int) -> int:
         batch = {k: v[start : start + batch_rows] for k, v in feeds.items() if k in wanted}
         for name, value in zip(names, session.run(names, batch)):
-            if name not in results:  # allocated once, after the first batch tells the shape
-                results[name] = np.empty((total, *value.shape[1:]), dtype=value.dtype)
             results[name][start : start + len(value)] = value
-        if progress is not None:
-            progress(min(batch_rows, total - start))
+        return min(batch_rows, total - start)
+
+    first = {k: v[:batch_rows] for k, v in feeds.items() if k in wanted}
+    for name, value in zip(names, session.run(names, first)):  # tells the shapes: allocated once
+        results[name] = np.empty((total, *value.shape[1:]), dtype=value.dtype)
+        results[name][: len(value)] = value
+    if progress is not None:
+        progress(min(batch_rows, total))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for done in concurrent.futures.as_completed([pool.submit(run, start) for start in starts[1:]]):
+            rows = done.result()
+            if progress is not None:
+                progress(rows)
     return {key: results[value.name] for key, value in outputs.items()}
 
 

@@ -140,3 +140,37 @@ def test_merge_writes_the_same_bytes_whatever_the_batch_size(sources, tmp_path, 
     assert one_batch == [300]
     assert batches == [16] * 18 + [300 - 18 * 16]
     assert batched == whole
+
+
+@pytest.fixture(scope="module")
+def big_forest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A forest of many trees: onnxruntime's tree ensemble sums them in an order that follows its thread count."""
+    train = make_rows(800, seed=5)
+    forest = RandomForestClassifier(n_estimators=200, max_depth=8, random_state=0).fit(train["x"], train["y3"])
+    exported = to_onnx(forest, train["x"][:1], options={"zipmap": False})
+    return save(exported, tmp_path_factory.mktemp("forest") / "f.onnx")
+
+
+def one_thread_run(path: Path, x: np.ndarray, batch_rows: int) -> np.ndarray:
+    """The forest's probabilities, batch by batch, in a one-thread session."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["probabilities"], {"X": x[s : s + batch_rows]})[0]
+                           for s in range(0, len(x), batch_rows)])  # fmt: skip
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8])
+def test_score_gives_the_same_bits_whatever_the_core_count(big_forest, tmp_path, monkeypatch, cores):
+    """The head is fitted on these scores, so a merge writes the same bytes on machines with other core
+    counts only if they do not change: each batch runs on one onnxruntime thread, whatever `os.cpu_count()`."""
+    monkeypatch.setattr(onnxfuse.score.os, "cpu_count", lambda: cores)
+    x = make_rows(900, seed=6)["x"]
+    loaded = [load_model(ModelSpec(big_forest, ("a", "b", "c", "d", "e")), 1)]
+    normalized, versions = normalize(loaded)
+    spliced = splice(normalized, bind(normalized), versions)
+    values = {"p": spliced.outputs[0]["probabilities"]}
+    got = score(spliced.model, values, {"features": x}, folder=tmp_path, batch_rows=300)
+    np.testing.assert_array_equal(got["p"], one_thread_run(big_forest, x, 300))

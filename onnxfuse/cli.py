@@ -10,8 +10,9 @@ import os
 import re
 import signal
 import sys
+import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ from click.core import ParameterSource
 
 from onnxfuse import __version__
 from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning, VerificationError
-from onnxfuse.spec import FEATURES_DTYPES, FUSIONS, METAS, TASKS, FuseSpec, ModelSpec, declare, read_spec
+from onnxfuse.spec import FuseSpec, ModelSpec, declare, long_flag, options, read_spec, spec_key
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -85,32 +86,42 @@ def cli() -> None:
     """Merge trained ONNX models into one verified, portable ONNX file."""
 
 
+def spec_options(command: Callable) -> Callable:
+    """The FuseSpec options as click options (see `spec.option`): declared once, in spec.py."""
+    for field in reversed(options()):
+        command = click.option(*(field.metadata["flags"] or (long_flag(field),)), spec_key(field),
+                               help=field.metadata["help"], **_click_kind(field))(command)  # fmt: skip
+    return command
+
+
+def _click_kind(field: dataclasses.Field) -> dict:
+    """The click type and default of an option, from the field's type, default and rules."""
+    rules, default = field.metadata, None if field.default is dataclasses.MISSING else field.default
+    if isinstance(default, bool):
+        return {"is_flag": True}
+    hint = typing.get_type_hints(FuseSpec)[field.name]
+    kind = (set(typing.get_args(hint)) or {hint}) - {type(None)}
+    if "choices" in rules:
+        kind = click.Choice(rules["choices"])
+    elif Path in kind:
+        kind = click.Path(path_type=Path)
+    elif float in kind:
+        kind = click.FloatRange(rules.get("minimum"), rules.get("maximum"), max_open=rules.get("maximum_open", False))
+    elif int in kind:
+        kind = click.IntRange(rules.get("minimum"), rules.get("maximum")) if "minimum" in rules else int
+    else:
+        kind = str
+    return {"type": kind, "default": default, "show_default": default is not None}
+
+
 @cli.command()
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="The fused .onnx file to write.")
-@click.option("--data", type=click.Path(path_type=Path), help="Rows (.csv, .parquet, .npz) to verify (and train) on.")
-@click.option("--target", help="The label column in --data.")
+@spec_options
 @click.option(
     "--features", "features", multiple=True,
     help="Columns of one model's inputs, 'f1,f2': once per model in order ('-' binds that model by name), "
     "or 'M:f1,f2' for model M (1-based) only.",
 )  # fmt: skip
-@click.option(
-    "--features-dtype", type=click.Choice(FEATURES_DTYPES), default="auto", show_default=True,
-    help="Element type of the packed `features` input; auto: float64 when a model reads a column as double.",
-)  # fmt: skip
-@click.option("--fusion", type=click.Choice(FUSIONS), default="stack", show_default=True)
-@click.option("--meta", type=click.Choice(METAS), default="linear", show_default=True)
-@click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True)
-@click.option("--passthrough", is_flag=True, help="The fusion head also sees the raw features.")
-@click.option("--holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--target-opset", type=click.IntRange(1), help="ai.onnx opset of the output.")
-@click.option("--max-ir-version", type=click.IntRange(3), help="Refuse to write a higher IR version.")
-@click.option("--keep-model-outputs", is_flag=True, help="Also output each model's own outputs as m{i}/<name>.")
-@click.option("--no-optimize", is_flag=True, help="Keep the plain splice.")
-@click.option("--ort", is_flag=True, help="Also write OUT.ort for mobile runtimes.")
-@click.option("--report", type=click.Path(path_type=Path), help="Write the hold-out report as JSON.")
 @click.option(
     "--declare", "declarations", multiple=True, metavar="M:KEY=VALUE",
     help="What model M (1-based) outputs: probabilities|logits|log_probabilities|label|prediction=OUTPUT, "
@@ -169,21 +180,24 @@ def inspect(model: Path, as_json: bool) -> None:
 
 def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseSpec:
     """Flags, over the spec file's settings where a flag is given on the command line."""
-    given = {name for name in flags if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     settings = read_spec(spec_file) if spec_file is not None else {}
     models, features, declarations = flags.pop("models"), flags.pop("features"), flags.pop("declarations")
-    flags["optimize"] = not flags.pop("no_optimize")
-    if "no_optimize" in given:
-        given.add("optimize")
-    options = {name: value for name, value in flags.items() if value is not None}
-    options.update({name: value for name, value in settings.items() if name not in given and name != "models"})
+    chosen = {}
+    for field in options():
+        key, value = spec_key(field), flags[spec_key(field)]
+        value = not value if field.metadata.get("negated") else value
+        if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE or field.name not in settings:
+            if value is not None:
+                chosen[field.name] = value
+        else:
+            chosen[field.name] = settings[field.name]
     specs = settings.get("models", ()) if not models else tuple(ModelSpec(path) for path in models)
     if features:
         specs = _bound_features(specs, features)
     specs = _declared(specs, declarations)
-    if options.get("output") is None:
+    if chosen.get("output") is None:
         raise OnnxfuseError("missing -o/--output OUT.onnx" + (" (or 'output' in the spec)" if spec_file else ""))
-    return FuseSpec(models=specs, **options)
+    return FuseSpec(models=specs, **chosen)
 
 
 class _Progress:

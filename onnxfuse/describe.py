@@ -9,8 +9,8 @@ import onnx
 from onnx import external_data_helper, helper
 
 from onnxfuse.load import load_model
-from onnxfuse.support import iter_model_nodes
 from onnxfuse.spec import ModelSpec
+from onnxfuse.support import iter_model_nodes
 
 
 def describe(path: Path) -> dict:

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -13,7 +14,9 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from onnxfuse.errors import OnnxfuseError, reason
-from onnxfuse.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from onnxfuse.spec import ModelSpec
 
 _PROTOBUF_LIMIT = 2**31 - 1
 

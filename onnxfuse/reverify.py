@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from onnxfuse.bind import bind
-from onnxfuse.data import column_names, read_table, source_rows, verification_feeds
+from onnxfuse.data import column_names, read_table
 from onnxfuse.digest import MissingDigest, check_digest
 from onnxfuse.errors import OnnxfuseError, VerificationError
+from onnxfuse.feeds import source_rows, verification_feeds
 from onnxfuse.headcheck import verify_head
 from onnxfuse.load import file_sha256, load_model
 from onnxfuse.normalize import normalize

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -333,20 +332,6 @@ def _undecided(role: OutputRole) -> str:
     )
 
 
-def class_probabilities(role: OutputRole, values: np.ndarray) -> np.ndarray:
-    """`[N, C_i]` probabilities over the source's own classes, as `fuse` computes them in the graph."""
-    x = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
-    if role.form == "logits":
-        exp = np.exp(x - x.max(axis=1, keepdims=True))
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    if role.form == "log_probabilities":
-        return np.exp(x).astype(np.float32)
-    if role.form in ("positive", "logit"):
-        p = (1 / (1 + np.exp(-x))).astype(np.float32) if role.form == "logit" else x
-        return np.concatenate([np.float32(1) - p, p], axis=1)
-    return x
-
-
 def distribution_problem(values: np.ndarray) -> str | None:
     """Why `[N, C]` values are not probabilities (rows in [0, 1] summing to 1), or None."""
     x = np.asarray(values, dtype=np.float64)
@@ -371,27 +356,6 @@ def scores_refusal(role: OutputRole, problem: str, method: str) -> str:
     )
 
 
-def class_placement(role: OutputRole, classes: Sequence) -> np.ndarray:
-    """`[C_i, C]` 0/1 matrix placing a source's classes among the target's; unknown classes refused."""
-    placement = np.zeros((len(role.classes or ()), len(classes)), dtype=np.float32)
-    for row, label in enumerate(role.classes or ()):
-        if label not in classes:
-            raise OnnxfuseError(f"{role.model}: class {label!r} is not a label of the target ({list(classes)[:20]})")
-        placement[row, list(classes).index(label)] = 1.0
-    return placement
-
-
-def meta_columns(role: OutputRole, classes: Sequence | None) -> tuple[int, ...]:
-    """The columns of a source's signal a stacking head reads (see heads.Signals)."""
-    if role.task != "classification":
-        return tuple(range(role.width or 1))
-    if classes is None:  # a classifier feeding a regression stack: all its own classes' probabilities
-        return tuple(range(len(role.classes or ())))
-    if len(classes) == 2:
-        return (1,)
-    return tuple(sorted(list(classes).index(c) for c in role.classes or ()))
-
-
 def looks_like_classifier(model: NormalizedModel) -> bool:
     """Before the target is known: does the source output a label, a class matrix or a Sigmoid column?"""
     graph = _read_graph(model.proto.graph)
@@ -399,9 +363,3 @@ def looks_like_classifier(model: NormalizedModel) -> bool:
         return True
     floats = [n for n in graph.outputs if n in graph.varying and elem_type(graph.outputs[n]) in _FLOAT_TYPES]
     return any(_form(graph, n) not in ("column", "prediction") for n in floats)
-
-
-def votes_with_label(role: OutputRole, classes: Sequence | None) -> bool:
-    """`vote` reads a source's own label when it has one over integer classes; else the argmax of its signal
-    (string labels are compared as class indices: the reference evaluator's Equal refuses mixed string arrays)."""
-    return role.label is not None and not any(isinstance(c, str) for c in classes or ())

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from pathlib import Path
+from typing import Any
 
 from onnxfuse.errors import OnnxfuseError
+from onnxfuse.heads import FUSIONS, METAS, fusion
 
-FUSIONS = ("stack", "mean", "vote", "gate")
-METAS = ("linear", "mlp", "gbdt")
 TASKS = ("auto", "classification", "regression")
 FEATURES_DTYPES = ("auto", "float32", "float64")
+
+
+def option(default: Any, help: str, *, flags: tuple[str, ...] = (), **rules: Any) -> Any:
+    """A FuseSpec field that is also a command-line option and a spec-file key.
+
+    `flags` (default `--field-name`) name the option; the spec-file key is the long
+    flag with `_` for `-`. `rules`: `choices`, `minimum`, `maximum`, `maximum_open`
+    (checked for every spec, whichever way it was made), and `negated` (a flag such as
+    `--no-optimize` that sets the field to False).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, **rules})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,31 +47,79 @@ class FuseSpec:
     """A whole `onnxfuse merge` request, as the CLI or a spec file states it."""
 
     models: tuple[ModelSpec, ...]
-    output: Path
-    data: Path | None = None
-    target: str | None = None
-    fusion: str = "stack"
-    meta: str = "linear"
-    task: str = "auto"
-    passthrough: bool = False
-    holdout: float = 0.2
-    seed: int = 0
-    target_opset: int | None = None
-    max_ir_version: int | None = None
-    keep_model_outputs: bool = False
-    optimize: bool = True
-    ort: bool = False
-    report: Path | None = None
-    features_dtype: str = "auto"  # of the packed `features`; auto: float64 when a source reads a column as double
+    output: Path = option(dataclasses.MISSING, "The fused .onnx file to write.", flags=("-o", "--output"))
+    data: Path | None = option(None, "Rows (.csv, .parquet, .npz) to verify (and train) on.")
+    target: str | None = option(None, "The label column in --data.")
+    fusion: str = option(
+        "stack", "How the sources are combined: a meta-learner (stack), their weighted mean, a weighted vote of "
+        "their labels, or a per-row gate on the features (gate).", choices=tuple(FUSIONS),
+    )  # fmt: skip
+    meta: str = option("linear", "The stacking meta-learner's family (--fusion stack).", choices=METAS)
+    task: str = option("auto", "The target's task; auto reads it from the target column.", choices=TASKS)
+    passthrough: bool = option(False, "The stacking head also reads the raw features.")
+    holdout: float = option(
+        0.2, "Fraction of the labelled rows held out to report the head on (0: no report); the head is then "
+        "refitted on all rows.", minimum=0.0, maximum=1.0, maximum_open=True,
+    )  # fmt: skip
+    seed: int = option(0, "Seed of the hold-out split, the heads and generated verification rows.")
+    target_opset: int | None = option(None, "ai.onnx opset of the output.", minimum=1)
+    max_ir_version: int | None = option(None, "Refuse to write a higher IR version.", minimum=3)
+    keep_model_outputs: bool = option(False, "Also output each model's own outputs as m{i}/<name>.")
+    optimize: bool = option(True, "Keep the plain splice.", flags=("--no-optimize",), negated=True)
+    ort: bool = option(False, "Also write OUT.ort for mobile runtimes.")
+    report: Path | None = option(None, "Write the hold-out report as JSON.")
+    features_dtype: str = option(
+        "auto", "Element type of the packed `features` input; auto: float64 when a model reads a column as double.",
+        choices=FEATURES_DTYPES,
+    )  # fmt: skip
 
 
-SPEC_KEYS = (
-    "output", "data", "target", "fusion", "meta", "task", "passthrough", "holdout", "seed",
-    "target_opset", "max_ir_version", "keep_model_outputs", "no_optimize", "ort", "report", "features_dtype", "model",
-)  # fmt: skip
+def options() -> list[dataclasses.Field]:
+    """The FuseSpec fields that are options, in the order `--help` lists them."""
+    return [field for field in dataclasses.fields(FuseSpec) if "help" in field.metadata]
+
+
+def long_flag(field: dataclasses.Field) -> str:
+    flags = field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)
+    return next(flag for flag in flags if flag.startswith("--"))
+
+
+def spec_key(field: dataclasses.Field) -> str:
+    """The spec-file key of an option: its long flag with `_` for `-`."""
+    return long_flag(field).removeprefix("--").replace("-", "_")
+
+
+def check_spec(spec: FuseSpec) -> None:
+    """Refuse a spec no merge can run, naming the option: each option's rules, then how options go together."""
+    for field in options():
+        _check_rules(field, getattr(spec, field.name), long_flag(field))
+    if len(spec.models) < 2:
+        raise OnnxfuseError("merge needs at least two models")
+    if spec.target and not spec.data:
+        raise OnnxfuseError("--target needs --data")
+    trains = fusion(spec.fusion).trains
+    if spec.data and not spec.target and trains:
+        raise OnnxfuseError(f"--fusion {spec.fusion} needs --target, the label column of --data")
+    if trains and not spec.data:
+        raise OnnxfuseError(
+            f"--fusion {spec.fusion} trains on data: give --data and --target (or use --fusion mean / vote)"
+        )
+
+
+def _check_rules(field: dataclasses.Field, value: Any, name: str) -> None:
+    rules = field.metadata
+    if value is None:
+        return
+    if "choices" in rules and value not in rules["choices"]:
+        raise OnnxfuseError(f"{name} must be one of {', '.join(rules['choices'])}, not '{value}'")
+    low, high, open_high = rules.get("minimum"), rules.get("maximum"), rules.get("maximum_open")
+    if (low is not None and value < low) or (high is not None and (value >= high if open_high else value > high)):
+        where = f"[{low}, {high}{')' if open_high else ']'}" if high is not None else f"at least {low}"
+        raise OnnxfuseError(f"{name} must be {'in ' if high is not None else ''}{where}, not {value}")
+
+
 DECLARED_OUTPUTS = ("probabilities", "logits", "log_probabilities", "label", "prediction")
 MODEL_KEYS = ("path", "features", "name", *DECLARED_OUTPUTS, "classes")
-_PATH_KEYS = ("output", "data", "report")
 
 
 def read_spec(path: Path) -> dict:
@@ -78,23 +138,22 @@ def read_spec(path: Path) -> dict:
         raise OnnxfuseError(f"spec {path}: cannot read it ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise OnnxfuseError(f"spec {path}: not valid TOML ({exc})") from exc
-    _check_keys(raw, SPEC_KEYS, f"spec {path}")
+    by_key = {spec_key(field): field for field in options()}
+    _check_keys(raw, (*by_key, "model"), f"spec {path}")
     folder = path.resolve().parent
-    options = {
-        key: (_under(folder, value, f"spec {path}: '{key}'") if key in _PATH_KEYS else value)
-        for key, value in raw.items()
-        if key != "model"
-    }
-    if "no_optimize" in options:
-        options["optimize"] = not options.pop("no_optimize")
-    _check_types(options, f"spec {path}")
+    settings = {}
+    for key, value in raw.items():
+        if key != "model":
+            field = by_key[key]
+            value = _typed(field, value, f"spec {path}: '{key}'", folder)
+            settings[field.name] = not value if field.metadata.get("negated") else value
     tables = raw.get("model", [])
     if not isinstance(tables, list):
         raise OnnxfuseError(f"spec {path}: 'model' must be a list of [[model]] tables")
-    options["models"] = tuple(
+    settings["models"] = tuple(
         _model_spec(table, folder, f"spec {path}: model {i}") for i, table in enumerate(tables, 1)
     )
-    return options
+    return settings
 
 
 def _model_spec(table: object, folder: Path, where: str) -> ModelSpec:
@@ -142,21 +201,18 @@ def _under(folder: Path, value: object, where: str) -> Path:
     return Path(os.path.normpath(folder / value))
 
 
-_TYPES = {
-    "fusion": str, "meta": str, "task": str, "target": str, "passthrough": bool, "holdout": (int, float),
-    "seed": int, "target_opset": int, "max_ir_version": int, "keep_model_outputs": bool, "optimize": bool, "ort": bool,
-    "features_dtype": str,
-}  # fmt: skip
-_CHOICES = {"fusion": FUSIONS, "meta": METAS, "task": TASKS, "features_dtype": FEATURES_DTYPES}
-
-
-def _check_types(options: dict, where: str) -> None:
-    for key, value in options.items():
-        wanted = _TYPES.get(key)
-        if wanted is not None and (not isinstance(value, wanted) or (wanted is int and isinstance(value, bool))):
-            raise OnnxfuseError(f"{where}: '{key}' has the wrong type ({type(value).__name__})")
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise OnnxfuseError(f"{where}: '{key}' must be one of {', '.join(_CHOICES[key])}, not '{value}'")
+def _typed(field: dataclasses.Field, value: object, where: str, folder: Path) -> Any:
+    """A spec-file value of `field`, checked against the field's type and rules (paths resolved)."""
+    hint = typing.get_type_hints(FuseSpec)[field.name]
+    wanted = (set(typing.get_args(hint)) or {hint}) - {type(None)}
+    if Path in wanted:
+        wanted = {str}
+    if float in wanted:
+        wanted.add(int)
+    if not isinstance(value, tuple(wanted)) or (isinstance(value, bool) and bool not in wanted):
+        raise OnnxfuseError(f"{where} has the wrong type ({type(value).__name__})")
+    _check_rules(field, value, where)
+    return _under(folder, value, where) if Path in set(typing.get_args(hint)) | {hint} else value
 
 
 def _check_keys(table: dict, known: tuple[str, ...], where: str) -> None:

@@ -29,8 +29,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from onnxfuse.bind import Binding
-from onnxfuse.data import Labelled, labelled_rows, read_table, split_rows
+from onnxfuse.data import read_table
 from onnxfuse.errors import OnnxfuseError
+from onnxfuse.feeds import Labelled, labelled_rows, split_rows
 
 ROWS = 300
 PLAIN = Binding(features=("a", "b"), models=(), shared=())
@@ -765,7 +766,7 @@ def integer_reader(dtype: int) -> Binding:
 def test_check_bound_columns_raises_naming_column_and_model_when_integer_input_cannot_read_it(
     tmp_path: Path, values: list, dtype: int, said: tuple[str, ...]
 ) -> None:
-    from onnxfuse.data import check_bound_columns
+    from onnxfuse.feeds import check_bound_columns
 
     table = {"n": np.array(values)}
     message = raised(check_bound_columns, table, integer_reader(dtype), tmp_path / "data.csv")
@@ -774,7 +775,7 @@ def test_check_bound_columns_raises_naming_column_and_model_when_integer_input_c
 
 
 def test_check_bound_columns_passes_when_integers_fit_the_features_dtype(tmp_path: Path) -> None:
-    from onnxfuse.data import check_bound_columns
+    from onnxfuse.feeds import check_bound_columns
 
     check_bound_columns({"n": np.array([1, 2**24])}, integer_reader(TensorProto.FLOAT), tmp_path / "data.csv")
     check_bound_columns({"n": np.array([1, 2**40])}, integer_reader(TensorProto.DOUBLE), tmp_path / "data.csv")

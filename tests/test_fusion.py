@@ -5,34 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import generators
 import lightgbm
 import numpy as np
 import onnx
 import onnxmltools
 import pytest
 from conftest import ort_outputs, run_cli, save
+from generators import interaction_task
 from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
 from skl2onnx import to_onnx
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
-from onnxfuse.heads import Signals
 from onnxfuse.pipeline import merge
-from onnxfuse.roles import class_placement, meta_columns
+from onnxfuse.signals import Signals, class_placement, meta_columns
 from onnxfuse.spec import FuseSpec, ModelSpec
-from onnxfuse.train import predict
 
 COLUMNS = ("a", "b", "c", "d")
-
-
-def interaction_task(rows: int, seed: int, *, within_groups: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Four features; the label's logit has an a*c interaction across the groups (or a*b + c*d within)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 4)).astype(np.float32)
-    a, b, c, d = x.T
-    logit = 2.5 * (a * b + c * d) if within_groups else 1.5 * a - b + 1.2 * c + 0.8 * d + 2.5 * a * c
-    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    return x, y
 
 
 def write_data(path: Path, x: np.ndarray, target: np.ndarray, columns=COLUMNS, name: str = "y") -> Path:
@@ -46,12 +36,7 @@ def write_data(path: Path, x: np.ndarray, target: np.ndarray, columns=COLUMNS, n
 
 def group_sources(folder: Path, x: np.ndarray, y: np.ndarray) -> list[Path]:
     """Model A (gradient boosting, skl2onnx, ZipMap) on a,b; model B (LightGBM via onnxmltools) on c,d."""
-    first = GradientBoostingClassifier(n_estimators=60, max_depth=3, random_state=0).fit(x[:, :2], y)
-    second = lightgbm.LGBMClassifier(n_estimators=60, verbose=-1, random_state=0).fit(x[:, 2:], y)
-    return [
-        save(to_onnx(first, x[:1, :2]), folder / "a.onnx"),
-        save(onnxmltools.convert_lightgbm(second, initial_types=[("input", MLFloat([None, 2]))]), folder / "b.onnx"),
-    ]
+    return generators.group_sources(folder, (x, y), (x, y))
 
 
 def spec(sources: list[Path], data: Path, out: Path, **options) -> FuseSpec:
@@ -131,7 +116,7 @@ def test_fused_head_equals_the_fitted_head(seed_task, tmp_path, options):
     x, _ = interaction_task(12_000, seed=2)
     x = x[:500]
     fused = ort_outputs(out, {"features": x})
-    expected = predict(result.head, source_signals(sources, x, result.classes), x)
+    expected = result.head.predict(source_signals(sources, x, result.classes), x)
     np.testing.assert_allclose(fused["probabilities"], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(fused["label"], np.array(result.classes)[np.argmax(expected, axis=1)])
 

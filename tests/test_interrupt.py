@@ -38,7 +38,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from generators import write_mlp
 
 from onnxfuse import digest
 from onnxfuse.cli import cli
@@ -57,50 +57,13 @@ PREVIOUS = b"the previous, good fused model"
 # ------------------------------------------------------------------------------------------------
 
 
-def write_mlp(path: Path, *, hidden: int, seed: int) -> None:
-    """X[N,4] -> MatMul 4xH -> Relu -> MatMul HxH -> Relu -> MatMul Hx1, weights in `<stem>.data`."""
-    rng = np.random.default_rng(seed)
-    shapes = [(4, hidden), (hidden, hidden), (hidden, 1)]
-    data = path.with_suffix(".data")
-    initializers = []
-    with open(data, "wb") as handle:
-        for index, (rows, cols) in enumerate(shapes):
-            handle.write(b"\0" * (-handle.tell() % 4096))
-            offset = handle.tell()
-            block = max(1, (16 << 20) // (4 * cols))
-            for start in range(0, rows, block):
-                chunk = rng.standard_normal((min(block, rows - start), cols), dtype=np.float32) * np.float32(0.01)
-                handle.write(chunk.tobytes())
-            tensor = TensorProto(name=f"W{index}", data_type=TensorProto.FLOAT, dims=[rows, cols])
-            tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data.name), ("offset", offset), ("length", rows * cols * 4)):
-                tensor.external_data.add(key=key, value=str(value))
-            initializers.append(tensor)
-    nodes = [
-        helper.make_node("MatMul", ["X", "W0"], ["h0"]),
-        helper.make_node("Relu", ["h0"], ["r0"]),
-        helper.make_node("MatMul", ["r0", "W1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["r1"]),
-        helper.make_node("MatMul", ["r1", "W2"], ["variable"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, ["N", 1])],
-        initializer=initializers,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
-    onnx.checker.check_model(str(path))
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """a.onnx and b.onnx, SOURCE_MIB MiB of weights each; removed afterwards (pytest keeps its temp dirs)."""
     folder = tmp_path_factory.mktemp("interrupt_sources")
     a, b = folder / "a.onnx", folder / "b.onnx"
-    write_mlp(a, hidden=HIDDEN, seed=1)
-    write_mlp(b, hidden=HIDDEN, seed=2)
+    write_mlp(a, widths=(4, HIDDEN, HIDDEN, 1), seed=1)
+    write_mlp(b, widths=(4, HIDDEN, HIDDEN, 1), seed=2)
     yield a, b
     shutil.rmtree(folder, ignore_errors=True)
 

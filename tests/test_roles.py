@@ -23,10 +23,9 @@ from skl2onnx import to_onnx
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning
-from onnxfuse.heads import Signals
 from onnxfuse.pipeline import merge
+from onnxfuse.signals import Signals
 from onnxfuse.spec import FuseSpec, ModelSpec
-from onnxfuse.train import predict
 
 torch = pytest.importorskip("torch")
 
@@ -126,10 +125,9 @@ def check_fused(out: Path, result, x: np.ndarray, per_model: list[np.ndarray]) -
     probabilities = fused["probabilities"]
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert probabilities.min() >= 0
-    signals = Signals(tuple(np.asarray(p, np.float32) for p in per_model), tuple((1,) for _ in per_model))
-    if result.head.estimator is not None:
-        signals = Signals(signals.per_model, result.head.meta_columns)
-    expected = predict(result.head, signals, x)
+    columns = getattr(result.head, "meta_columns", tuple((1,) for _ in per_model))  # a stacking head's choice
+    signals = Signals(tuple(np.asarray(p, np.float32) for p in per_model), columns)
+    expected = result.head.predict(signals, x)
     np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(fused["label"], np.array(result.classes)[np.argmax(expected, axis=1)])
     return fused

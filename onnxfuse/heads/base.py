@@ -1,0 +1,136 @@
+"""What every fusion head is: a `Fusion` (the table's entry) that fits a `Head` (what goes into the file).
+
+A head module holds all a head does: which sources it can combine, how it fits
+on the signals (numpy), how the fitted head predicts in numpy (the hold-out
+report) and the subgraph that computes the same in the file. The rest of the
+compiler reads the head through these two classes only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxfuse.errors import OnnxfuseError
+from onnxfuse.roles import OutputRole
+from onnxfuse.signals import Signals
+from onnxfuse.support import FEATURES, add_constant, add_node
+
+if TYPE_CHECKING:
+    from onnxfuse.normalize import Versions
+    from onnxfuse.spec import FuseSpec
+
+_KINDS = {"classification": "classifier", "regression": "regressor", "scores": "model of unlabeled scores"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpace:
+    """The task and, for classification, the classes the fused file predicts."""
+
+    task: str
+    classes: tuple | None = None
+
+
+class Head(Protocol):
+    """A fitted head."""
+
+    @property
+    def uses_features(self) -> bool:
+        """Does it read the packed `features` (besides the sources' signals)?"""
+
+    def predict(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
+        """Probabilities `[N, C]` or predictions `[N]`, as the file computes them."""
+
+    def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions: Versions) -> dict:
+        """Append the head to `model`'s graph (in place) on the sources' signal values: returns
+        `{"probabilities": v}` (and `"label"` when the head computes it) or `{"prediction": v}`."""
+
+    def metadata(self) -> dict:
+        """What `onnxfuse.fusion` says of the fitted head, beside its method."""
+
+
+class Fusion:
+    """One fusion method, as `--fusion NAME` chooses it."""
+
+    name: ClassVar[str]
+    trains: ClassVar[bool]  # needs --data and --target
+    votes: ClassVar[bool] = False  # reads each source's one-hot label instead of its probabilities
+    options: ClassVar[tuple[str, ...]] = ()  # the FuseSpec fields it reads, named in its report and metadata
+
+    def check_sources(self, roles: Sequence[OutputRole], task: str) -> None:
+        """By default a head mixes like with like: every source must predict the target's task."""
+        for role in roles:
+            if role.task == "scores" and task == "classification":
+                raise OnnxfuseError(
+                    unlabeled_scores(role, f"--fusion {self.name} needs probabilities over known classes")
+                )
+            if role.task != task:
+                logit = f", or --declare {role.index}:logits={role.prediction} if it is a logit"
+                raise OnnxfuseError(
+                    f"{role.model} is a {_KINDS[role.task]} but the target is {task}; --fusion {self.name} mixes like "
+                    f"with like (use --fusion stack{logit if role.prediction else ''})"
+                )
+
+    def needs_features(self, spec: FuseSpec) -> bool:
+        return False
+
+    def fit(
+        self, signals: Signals, features: np.ndarray | None, target: np.ndarray, space: LabelSpace, spec: FuseSpec
+    ) -> Head:
+        raise NotImplementedError
+
+    def untrained(self, count: int) -> Head:
+        """The head without data: only for fusions that do not train."""
+        raise NotImplementedError
+
+    def baseline_family(self, spec: FuseSpec) -> str:
+        """The scikit-learn family of the from-scratch baseline the hold-out report compares with."""
+        return "linear"
+
+
+def unlabeled_scores(role: OutputRole, why: str) -> str:
+    return (
+        f"{role.model}: output '{role.prediction}' holds unlabeled scores (outputs {role.outputs}); {why}: "
+        f"declare them with --declare {role.index}:classes=A,B,... (or classes = [...] in its [[model]] table), "
+        "or use --fusion stack with --data and --target"
+    )
+
+
+def class_indices(target: np.ndarray, classes: Sequence) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup[v] for v in target.tolist()], dtype=np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardizer:
+    """Column means and scales of the fusion rows; NaN features are read as the mean."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Standardizer:
+        with np.errstate(all="ignore"):
+            mean = np.nan_to_num(np.nanmean(features, axis=0)) if len(features) else np.zeros(features.shape[1])
+            scale = np.nan_to_num(np.nanstd(features, axis=0))
+        return cls(mean.astype(np.float32), np.where(scale > 0, scale, 1.0).astype(np.float32))
+
+    def impute(self, features: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(features), self.mean, features).astype(np.float32)
+
+    def standardize(self, features: np.ndarray) -> np.ndarray:
+        return (self.impute(features) - self.mean) / self.scale
+
+
+def imputed_features(graph: ir.Graph, standardizer: Standardizer) -> ir.Value:
+    """`features` with NaN read as the fusion rows' column means, as `Standardizer.impute` computes them."""
+    features = next(v for v in graph.inputs if v.name == FEATURES)
+    if features.dtype != ir.DataType.FLOAT:  # float64 features: the head was trained and converted in float32
+        features = add_node(graph, "Cast", [features], {"to": ir.DataType.FLOAT}, "features_float")
+    missing = add_node(graph, "IsNaN", [features], {}, "features_missing")
+    mean = add_constant(graph, "feature_means", standardizer.mean.reshape(1, -1))
+    return add_node(graph, "Where", [missing, mean, features], {}, "features_imputed")

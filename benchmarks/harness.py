@@ -209,29 +209,29 @@ def numpy_head(
 ) -> Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]:
     """The fused file's head in numpy, as users who run the sources separately would compute it.
 
-    The one function of the benchmarks that reads onnxfuse's head internals (FuseResult.head,
-    heads.Signals / meta_matrix, train.predict, roles.class_placement / meta_columns): adapt it
+    The one function of the benchmarks that reads onnxfuse's head internals (FuseResult.head and its
+    `predict`, signals.Signals / class_placement / meta_columns, heads.stack.meta_matrix): adapt it
     when they move. Returns `head(probabilities, features)`: `probabilities[i]` is source i's float32
     `[N, C_i]` over its own classes (`roles[i].classes`), `features` the `[N, F]` rows; the result is
     `[N, C]` over `result.classes`. `plain=True` computes a linear stack as `sigmoid(m @ coef + b)`
-    (softmax for several classes) instead of scikit-learn's `predict_proba` inside `train.predict`.
+    (softmax for several classes) instead of scikit-learn's `predict_proba` inside `head.predict`.
     """
-    from onnxfuse.heads import Signals, meta_matrix
-    from onnxfuse.roles import class_placement, meta_columns
-    from onnxfuse.train import predict
+    from onnxfuse.heads.stack import meta_matrix
+    from onnxfuse.signals import Signals, class_placement, meta_columns
 
     head = result.head
     placements = [class_placement(role, result.classes) for role in roles]
     meta = tuple(meta_columns(role, result.classes) for role in roles)
-    if plain and (head.estimator is None or head.uses_features):
+    estimator = getattr(head, "estimator", None)
+    if plain and (estimator is None or head.uses_features):
         raise ValueError("the plain numpy head computes a linear stack without --passthrough only")
-    coef = np.asarray(getattr(head.estimator, "coef_", 0.0), dtype=np.float64).T
-    intercept = np.asarray(getattr(head.estimator, "intercept_", 0.0), dtype=np.float64)
+    coef = np.asarray(getattr(estimator, "coef_", 0.0), dtype=np.float64).T
+    intercept = np.asarray(getattr(estimator, "intercept_", 0.0), dtype=np.float64)
 
     def run(probabilities: Sequence[np.ndarray], features: np.ndarray) -> np.ndarray:
         signals = Signals(tuple(p.astype(np.float32) @ m for p, m in zip(probabilities, placements)), meta)
         if not plain:
-            return predict(head, signals, features if head.uses_features else None)
+            return head.predict(signals, features if head.uses_features else None)
         scores = meta_matrix(signals, None) @ coef + intercept
         if scores.shape[1] == 1:
             positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))

@@ -282,3 +282,59 @@ def test_merge_exits_2_with_one_error_line_when_spec_file_is_missing(project: Pa
     assert_one_error_line(result, "missing.toml")
     assert snapshot(project) == before
     assert list(elsewhere.iterdir()) == []
+
+
+def test_every_merge_option_has_help_text_and_every_fuse_spec_option_is_a_flag() -> None:
+    """Options are declared once (spec.FuseSpec): the command line is derived from them, each with help."""
+    from onnxfuse.cli import merge as merge_command
+    from onnxfuse.spec import long_flag, options
+
+    flags = {flag for param in merge_command.params for flag in getattr(param, "opts", ())}
+    for param in merge_command.params:
+        if param.param_type_name == "option":
+            assert param.help and len(param.help) > 10, f"{param.opts} has no help text"
+    for field in options():
+        assert long_flag(field) in flags, f"FuseSpec.{field.name} has no command-line flag"
+
+
+def _spec_keys() -> list[str]:
+    from onnxfuse.spec import options, spec_key
+
+    keys = [spec_key(field) for field in options()]
+    assert set(KNOWN_KEYS) <= set(keys), "INTERFACE.md's spec keys are FuseSpec options"
+    return keys
+
+
+@pytest.mark.parametrize("key", _spec_keys())
+def test_merge_refuses_a_spec_key_of_the_wrong_type_naming_it(project: Path, elsewhere: Path, key: str) -> None:
+    """Each spec key's type check comes from its FuseSpec field: a wrong type is one error line naming the key."""
+    spec = project / "models" / "bad.toml"
+    lines = [line for line in (project / "models" / "fuse.toml").read_text().splitlines() if "=" not in line
+             or line.split("=")[0].strip() != key]  # fmt: skip
+    first_table = lines.index("[[model]]") if "[[model]]" in lines else len(lines)
+    spec.write_text("\n".join([*lines[:first_table], f"{key} = {{ x = 1 }}", *lines[first_table:]]) + "\n")
+
+    result = run_cli("merge", "--spec", spec)
+
+    assert_one_error_line(result, f"'{key}'", "wrong type")
+
+
+@pytest.mark.parametrize(
+    ("options", "culprits"),
+    [({"holdout": 1.5}, ("--holdout", "1.5")), ({"fusion": "magic"}, ("--fusion", "magic")),
+     ({"meta": "tree"}, ("--meta", "tree")), ({"target_opset": 0}, ("--target-opset", "0")),
+     ({"features_dtype": "float16"}, ("--features-dtype", "float16"))],
+    ids=["holdout", "fusion", "meta", "target_opset", "features_dtype"],
+)  # fmt: skip
+def test_merge_refuses_a_fuse_spec_option_out_of_its_rules(tmp_path: Path, options: dict, culprits) -> None:
+    """A library caller's FuseSpec goes through the same rules as the flags: an OnnxfuseError naming the option."""
+    from onnxfuse.errors import OnnxfuseError
+    from onnxfuse.pipeline import merge
+    from onnxfuse.spec import FuseSpec, ModelSpec
+
+    models = (ModelSpec(EXAMPLE / "a.onnx"), ModelSpec(EXAMPLE / "b.onnx"))
+    spec = FuseSpec(models=models, output=tmp_path / "out.onnx", data=EXAMPLE / "train.csv", target="y", **options)
+    with pytest.raises(OnnxfuseError) as raised:
+        merge(spec)
+    assert all(culprit in str(raised.value) for culprit in culprits), raised.value
+    assert list(tmp_path.iterdir()) == []

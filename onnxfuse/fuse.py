@@ -132,8 +132,8 @@ def _sources_alone(models, roles: Sequence[OutputRole], binding: Binding, feeds:
 
 
 def _checked_roles(roles: Sequence[OutputRole], scores: dict, fusion: Fusion) -> list[OutputRole]:
-    """A `probabilities` output must hold distributions on the scored rows; else it is scores (a head that reads
-    them, stack) or refused."""
+    """A `probabilities` output must hold distributions on the scored rows; else it is read as scores by a head
+    that reads them (stack) and refused by the others."""
     checked = []
     for index, role in enumerate(roles):
         if role.form == "logits" and not role.declared:
@@ -146,16 +146,13 @@ def _checked_roles(roles: Sequence[OutputRole], scores: dict, fusion: Fusion) ->
         if problem is None:
             checked.append(role)
             continue
-        scored = role.as_scores()
-        try:
-            fusion.check_sources([scored], "classification")
-        except OnnxfuseError:
-            raise OnnxfuseError(scores_refusal(role, problem, fusion.name)) from None
+        if not fusion.reads_scores:
+            raise OnnxfuseError(scores_refusal(role, problem, fusion.name))
         warn(
             f"{role.model}: output '{role.probabilities}' holds scores, not probabilities ({problem}); "
             f"the {fusion.name} head reads its raw columns"
         )
-        checked.append(scored)
+        checked.append(role.as_scores())
     return checked
 
 

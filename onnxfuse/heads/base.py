@@ -59,6 +59,7 @@ class Fusion:
     name: ClassVar[str]
     trains: ClassVar[bool]  # needs --data and --target
     votes: ClassVar[bool] = False  # reads each source's one-hot label instead of its probabilities
+    reads_scores: ClassVar[bool] = False  # reads raw score columns (a classifier output that is no distribution)
     options: ClassVar[tuple[str, ...]] = ()  # the FuseSpec fields it reads, named in its report and metadata
 
     def check_sources(self, roles: Sequence[OutputRole], task: str) -> None:

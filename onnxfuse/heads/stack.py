@@ -27,6 +27,7 @@ class Stack(Fusion):
     name = "stack"
     trains = True
     options = ("meta", "passthrough")
+    reads_scores = True
 
     def check_sources(self, roles: Sequence[OutputRole], task: str) -> None:
         """A meta-learner reads whatever the sources output."""

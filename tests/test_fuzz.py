@@ -1024,6 +1024,57 @@ def identity_before_output(model: onnx.ModelProto, rng: random.Random) -> str | 
 
 
 @struct_mutation
+def split_input(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """A `[N, W]` input split into W `[N, 1]` inputs (named like data columns, as skl2onnx writes one input per
+    column) and concatenated back into the old value."""
+    inputs = [v for v in _real_inputs(model) if len(v.type.tensor_type.shape.dim) == 2]
+    widths = [v.type.tensor_type.shape.dim[1].dim_value for v in inputs]
+    candidates = [(v, w) for v, w in zip(inputs, widths) if w >= 2]
+    if not candidates:
+        return None
+    value, width = rng.choice(candidates)
+    names = rng.choice((list(COLUMNS[:width]), list(COLUMNS[-width:]), [f"{value.name}_{i}" for i in range(width)]))
+    taken = {v.name for v in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    if taken & set(names):
+        return None
+    elem = value.type.tensor_type.elem_type
+    position = list(model.graph.input).index(value)
+    model.graph.input.remove(value)
+    for offset, name in enumerate(names):
+        model.graph.input.insert(position + offset, onnx.helper.make_tensor_value_info(name, elem, ["N", 1]))
+    model.graph.node.insert(0, onnx.helper.make_node("Concat", names, [value.name], name=f"{value.name}/join", axis=1))
+    return f"input {value.name!r} split into {names}"
+
+
+@struct_mutation
+def if_before_output(model: onnx.ModelProto, rng: random.Random) -> str | None:
+    """An output computed through an If whose two branches read the value from the outer scope."""
+    produced = {o: n for n in model.graph.node for o in n.output}
+    outputs = [o for o in model.graph.output if o.name in produced and o.type.HasField("tensor_type")]
+    if not outputs:
+        return None
+    output = rng.choice(outputs)
+    inner = f"{output.name}/before_if"
+    node = produced[output.name]
+    node.output[list(node.output).index(output.name)] = inner
+    for reader in model.graph.node:
+        for position, used in enumerate(reader.input):
+            if used == output.name:
+                reader.input[position] = inner
+    branch_output = onnx.ValueInfoProto()
+    branch_output.CopyFrom(output)
+    branches = {}
+    for branch in ("then", "else"):
+        branch_output.name = f"{output.name}/{branch}"
+        body = [onnx.helper.make_node("Identity", [inner], [branch_output.name])]
+        branches[f"{branch}_branch"] = onnx.helper.make_graph(body, branch, [], [branch_output])
+    condition = f"{output.name}/condition"
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(rng.random() < 0.5), condition))
+    model.graph.node.append(onnx.helper.make_node("If", [condition], [output.name], name=f"{condition}/if", **branches))
+    return f"If before output {output.name!r}"
+
+
+@struct_mutation
 def local_function(model: onnx.ModelProto, rng: random.Random) -> str | None:
     """One node moved into a local function (domain `local`), called where the node was."""
     nodes = [n for n in model.graph.node if n.domain in ("", "ai.onnx.ml")]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper
 
 from onnxfuse.errors import OnnxfuseError, reason
@@ -93,6 +93,22 @@ def _check_structure(proto: onnx.ModelProto, label: str) -> None:
             f"{label}: IR version {proto.ir_version} is newer than the installed onnx "
             f"{onnx.__version__} knows ({onnx.IR_VERSION})"
         )
+    if broken := _undecodable_text(proto):
+        raise OnnxfuseError(f"{label}: {broken} is not valid UTF-8; the file is corrupted")
+
+
+def _undecodable_text(message: Message) -> str | None:
+    """The first string field protobuf could not decode (it hands those back as bytes), as `field b'...'`."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        for item in value if field.is_repeated else (value,):
+            if field.type == field.TYPE_MESSAGE:
+                if found := _undecodable_text(item):
+                    return found
+            elif isinstance(item, bytes):
+                return f"{field.containing_type.name}.{field.name} {item[:40]!r}"
+    return None
 
 
 def _check_model(path: Path, label: str) -> None:

@@ -89,9 +89,9 @@ def attach(
     """
     try:
         source = ir.serde.deserialize_model(_copy(proto))
-        _prefix_names(source, prefix)
-    except (ir.serde.SerdeError, TypeError, ValueError) as exc:  # e.g. repeated output names, non-UTF-8 names
+    except (ir.serde.SerdeError, TypeError, ValueError) as exc:  # e.g. repeated output names
         raise OnnxfuseError(f"{label}: onnx-ir cannot read its graph ({reason(exc, 200)})") from exc
+    _prefix_names(source, prefix)
     if base_dir is not None:
         ir.external_data.set_base_dir(source.graph, str(base_dir))
     graph_inputs = {v.name: v for v in source.graph.inputs if not v.is_initializer()}

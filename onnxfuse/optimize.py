@@ -49,7 +49,7 @@ def optimize(model: ir.Model, *, keep: Sequence[ir.Value] = ()) -> None:
         fold_constants_ir(model, input_size_limit=FOLD_INPUT_LIMIT, output_size_limit=FOLD_OUTPUT_LIMIT)
         rewrite(model, pattern_rewrite_rules=_exact_rules())
         ir.passes.Sequential(
-            IdentityEliminationPass(),
+            _KeepingOutputsIdentityElimination(),
             DeduplicateHashedInitializersPass(size_limit=DEDUPE_LIMIT),
             CommonSubexpressionEliminationPass(),
         )(model)
@@ -64,6 +64,18 @@ def optimize(model: ir.Model, *, keep: Sequence[ir.Value] = ()) -> None:
     )(model)
     if ([v.name for v in graph.inputs], [v.name for v in graph.outputs]) != contract:
         raise VerificationError("optimizing renamed the fused model's inputs or outputs")
+
+
+class _KeepingOutputsIdentityElimination(IdentityEliminationPass):
+    """onnx-ir's Identity elimination, but an Identity copying one graph output to another stays: the pass would
+    give the copy's name to the value it copies, renaming the first output (an `m{i}/` output exposed by
+    --keep-model-outputs that the source computes as an Identity of another)."""
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        copied = node.inputs[0] if node.op_type == "Identity" and len(node.inputs) == 1 else None
+        if copied is not None and copied.is_graph_output() and node.outputs[0].is_graph_output():
+            return False
+        return super()._try_eliminate_identity_node(node)
 
 
 def _exact_rules() -> list:

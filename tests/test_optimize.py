@@ -105,3 +105,30 @@ def test_optimize_keeps_the_example_portable_and_smaller(tmp_path):
         rtol=1e-6,
         atol=1e-7,
     )
+
+
+def test_optimize_keeps_an_output_that_copies_another_when_model_outputs_are_kept(tmp_path):
+    """A source whose output `copy` is an Identity of its output `probabilities`: with --keep-model-outputs
+    both are outputs of the fused file, and Identity elimination must not rename one to the other."""
+    nodes = [helper.make_node("Softmax", ["X"], ["probabilities"], axis=1),
+             helper.make_node("Identity", ["probabilities"], ["copy"]),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]  # fmt: skip
+    outputs = [helper.make_tensor_value_info("label", onnx.TensorProto.INT64, ["N"]),
+               helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", 2]),
+               helper.make_tensor_value_info("copy", onnx.TensorProto.FLOAT, ["N", 2])]  # fmt: skip
+    x_input = helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 2])
+    graph = helper.make_graph(nodes, "copies", [x_input], outputs)
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    sources = [save(source, tmp_path / "one.onnx"), save(source, tmp_path / "two.onnx")]
+    out = tmp_path / "fused.onnx"
+
+    result = run_cli("merge", *sources, "--features", "a,b", "--features", "c,d", "--fusion", "mean",
+                     "--keep-model-outputs", "-o", out)  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    fused = assert_runtimes_agree(out, {"features": x})
+    for index, columns in ((1, slice(0, 2)), (2, slice(2, 4))):
+        expected = ort_outputs(sources[index - 1], {"X": x[:, columns]})
+        np.testing.assert_array_equal(fused[f"m{index}/probabilities"], expected["probabilities"])
+        np.testing.assert_array_equal(fused[f"m{index}/copy"], expected["copy"])

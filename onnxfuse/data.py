@@ -82,11 +82,23 @@ def string_rows(table: Table, column: str, path: Path, *, count: int | None = No
             f"data {path}: column '{column}' holds floats, but a model reads it as strings; write it as text"
         )
     flat = values.reshape(-1)
-    if values.dtype.kind in "OUS":
-        flat = [v.decode() if isinstance(v, bytes) else ("" if v is None else str(v)) for v in flat]
-    else:  # integers and booleans: their text, as a string column of digits reads
-        flat = [str(v) for v in flat.tolist()]
-    return np.array(flat, dtype=object).reshape(-1, 1)
+    # integers and booleans: their text, as a string column of digits reads
+    texts = [_text(v, column, path) for v in flat] if values.dtype.kind in "OUS" else [str(v) for v in flat.tolist()]
+    return np.array(texts, dtype=object).reshape(-1, 1)
+
+
+def _text(value: object, column: str, path: Path) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OnnxfuseError(
+            f"data {path}: column '{column}' holds bytes that are not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "write the file as UTF-8"
+        ) from exc
 
 
 def _read_npz(path: Path) -> Table:
@@ -143,6 +155,8 @@ def read_target(table: Table, target: str, path: Path, *, task: str = "auto", cl
 
 
 def _task_of(values: np.ndarray, task: str, target: str, path: Path, *, classifiers: bool) -> tuple[str, str]:
+    if values.dtype.kind in "mM":
+        raise OnnxfuseError(f"data {path}: column '{target}' holds dates or times, not labels or numbers")
     if values.dtype.kind in "fc" and not np.isfinite(values.astype(np.float64)).all():
         raise OnnxfuseError(f"data {path}: column '{target}' holds NaN or infinite values")
     if values.dtype == object and any(v is None or (isinstance(v, str) and not v) for v in values):

@@ -779,3 +779,28 @@ def test_check_bound_columns_passes_when_integers_fit_the_features_dtype(tmp_pat
 
     check_bound_columns({"n": np.array([1, 2**24])}, integer_reader(TensorProto.FLOAT), tmp_path / "data.csv")
     check_bound_columns({"n": np.array([1, 2**40])}, integer_reader(TensorProto.DOUBLE), tmp_path / "data.csv")
+
+
+def test_labelled_rows_refuses_a_date_target_naming_it(tmp_path: Path) -> None:
+    """A Parquet date column is no label: one error naming it, not a TypeError from the task rules."""
+    import datetime
+
+    path = tmp_path / "dates.parquet"
+    days = [datetime.date(2020, 1, day) for day in range(1, 9)]
+    pq.write_table(pa.table({**features_ab(), "when": pa.array(days)}), path)
+
+    message = raised(labelled_rows, read_table(path), PLAIN, path, target="when")
+
+    assert "'when'" in message and "dates" in message and "dates.parquet" in message
+
+
+def test_string_rows_refuses_bytes_that_are_not_utf8_naming_the_column(tmp_path: Path) -> None:
+    """A CSV string cell in another encoding (Latin-1 here) is named with the fix, not a UnicodeDecodeError."""
+    from onnxfuse.data import string_rows
+
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("a,color\n1,gr\u00fcn\n2,blue\n".encode("latin-1"))
+
+    message = raised(string_rows, read_table(path), "color", path)
+
+    assert "'color'" in message and "UTF-8" in message and "latin1.csv" in message

@@ -147,6 +147,8 @@ def _lowering_problem(source: SourceModel, opset: int) -> str | None:
     if _has_external_data(source.proto):
         return None
     feeds = probe_feeds(source.proto.graph)
+    if feeds is None:
+        return None
     try:
         expected = _run(source.proto, feeds)
     except runtime_errors():  # the source itself fails here: the later stages name it
@@ -175,17 +177,26 @@ def runtime_errors() -> tuple[type[Exception], ...]:
     return (*(getattr(state, code) for code in codes if hasattr(state, code)), RuntimeError, ValueError)
 
 
-def probe_feeds(graph: onnx.GraphProto, rows: int = 16) -> dict[str, object]:
-    """Seeded rows for every tensor input of `graph` (unknown dims: `rows` for the batch, 4 elsewhere)."""
+PROBE_LIMIT = 1 << 20  # elements per probe input: a declared dim of 2**40 is not worth a probe
+
+
+def probe_feeds(graph: onnx.GraphProto, rows: int = 16) -> dict[str, object] | None:
+    """Seeded rows for every tensor input of `graph` (unknown dims: `rows` for the batch, 4 elsewhere), or None
+    when one cannot be built (an element type numpy lacks, a declared shape too large to probe)."""
     rng = np.random.default_rng(0)
     initializers = {init.name for init in graph.initializer}
     feeds = {}
     for value in graph.input:
         if value.name in initializers or not value.type.HasField("tensor_type"):
             continue
-        dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+        except KeyError:  # UNDEFINED or a number onnx does not know
+            return None
         dims = value.type.tensor_type.shape.dim
         shape = [d.dim_value if d.HasField("dim_value") else (rows if i == 0 else 4) for i, d in enumerate(dims)]
+        if min(shape, default=0) < 0 or np.prod(shape, dtype=np.float64) > PROBE_LIMIT:
+            return None
         if dtype == np.object_:
             feeds[value.name] = rng.choice(np.array(["a", "b", "c"], dtype=object), size=shape)
         elif dtype == np.bool_ or np.issubdtype(dtype, np.integer):

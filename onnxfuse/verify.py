@@ -189,9 +189,11 @@ def _broken_alone(model: NormalizedModel) -> str | None:
         onnx.shape_inference.infer_shapes(model.proto, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
         return reason(exc)
+    feeds = probe_feeds(model.source.proto.graph)
     try:
         session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
-        session.run(None, probe_feeds(model.source.proto.graph))
+        if feeds is not None:
+            session.run(None, feeds)
     except runtime_errors() as exc:
         return reason(exc)
     return None

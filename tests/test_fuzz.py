@@ -72,7 +72,7 @@ TARGET = "y"
 
 INSPECT_CASES = 2500  # per model and family: 3 models x 2 families
 MERGE_MODEL_CASES = 600  # per family, --fusion mean
-STRUCT_CASES = 140  # structure-aware edits, heads of every kind
+STRUCT_CASES = 200  # structure-aware edits, heads of every kind
 MERGE_DATA_CASES = {"csv-bytes": 250, "csv-edit": 500, "parquet-bytes": 200, "parquet-edit": 300, "npz-bytes": 100}
 
 
@@ -2125,3 +2125,19 @@ def test_load_refuses_a_model_whose_names_are_not_utf8(corpus: Path, tmp_path: P
         assert result is not None, hang
         line = assert_one_error_line(result, "lgbm.onnx", "is not valid UTF-8")
         assert expected in line and not out.exists(), line
+
+
+def test_probe_feeds_gives_none_rather_than_raising_when_an_input_cannot_be_fed() -> None:
+    """The seeded rows that blame a broken source are built inside an except handler: a declared dim of 2**40,
+    a negative dim or an element type numpy lacks must give None (no probe), never an exception of our own."""
+    from onnxfuse.normalize import probe_feeds
+
+    def graph(elem: int, dims: list) -> onnx.GraphProto:
+        value = onnx.helper.make_tensor_value_info("x", elem, dims)
+        return onnx.helper.make_graph([], "g", [value], [value])
+
+    feeds = probe_feeds(graph(TensorProto.FLOAT, ["N", 3]))
+    assert feeds is not None and feeds["x"].shape == (16, 3) and feeds["x"].dtype == np.float32
+    assert probe_feeds(graph(TensorProto.STRING, ["N", 1]))["x"].dtype == object
+    for elem, dims in ((TensorProto.FLOAT, ["N", 2**40]), (TensorProto.FLOAT, ["N", -1]), (0, ["N", 1]), (99, [2])):
+        assert probe_feeds(graph(elem, dims)) is None, (elem, dims)

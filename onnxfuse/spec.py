@@ -97,7 +97,13 @@ def check_spec(spec: FuseSpec) -> None:
         raise OnnxfuseError("merge needs at least two models")
     if spec.target and not spec.data:
         raise OnnxfuseError("--target needs --data")
-    trains = fusion(spec.fusion).trains
+    chosen = fusion(spec.fusion)
+    trains = chosen.trains
+    if spec.passthrough and "passthrough" not in chosen.options:
+        raise OnnxfuseError(
+            f"--passthrough feeds the raw features to a stacking meta-learner, which --fusion {spec.fusion} "
+            "does not have; drop --passthrough or use --fusion stack"
+        )
     if spec.data and not spec.target and trains:
         raise OnnxfuseError(f"--fusion {spec.fusion} needs --target, the label column of --data")
     if trains and not spec.data:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -102,8 +103,11 @@ def _text(value: object, column: str, path: Path) -> str:
 
 
 def _read_npz(path: Path) -> Table:
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (NotImplementedError, zlib.error) as exc:  # zipfile: an unknown compression method; corrupt deflate data
+        raise OnnxfuseError(f"data {path}: cannot read it ({reason(exc, 200)})") from exc
 
 
 def _to_numpy(column) -> np.ndarray:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from onnxfuse.bind import Binding
 from onnxfuse.data import Table, feature_rows, read_target, string_rows
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, reason
 from onnxfuse.support import FEATURES
 
 VERIFY_ROWS = 128
@@ -67,7 +67,7 @@ def verification_feeds(
             feeds[column] = rng.choice(np.array(["a", "b", "c"], dtype=object), size=(count, 1))
     for value in binding.shared:
         if table is not None and value.name in table:
-            feeds[value.name] = _as_input(table[value.name][:count], value)
+            feeds[value.name] = _as_input(table[value.name][:count], value, path)
         else:
             feeds[value.name] = _generated(value, rng, count)
     return feeds
@@ -94,9 +94,20 @@ def _generated(value, rng: np.random.Generator, count: int) -> np.ndarray:
     return rng.normal(size=shape).astype(dtype)
 
 
-def _as_input(array: np.ndarray, value) -> np.ndarray:
+def _as_input(array: np.ndarray, value, path: Path | None = None) -> np.ndarray:
+    """A data column for the graph input of its name: its element type, and `[N, 1]` where the input is
+    rank 2 and the column one value per row."""
     dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-    return array.astype(dtype)
+    dims = value.type.tensor_type.shape.dim
+    if array.ndim == 1 and len(dims) == 2 and dims[1].dim_value in (0, 1):  # 0: a dim without a value
+        array = array.reshape(-1, 1)
+    try:
+        return array.astype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise OnnxfuseError(
+            f"data {path}: column '{value.name}' cannot be read as the {dtype.__name__} model input of that name "
+            f"({reason(exc, 120)})"
+        ) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,5 +175,5 @@ def _all_feeds(binding: Binding, table: Table, path: Path) -> dict[str, np.ndarr
     for value in binding.shared:
         if value.name not in table:
             raise OnnxfuseError(f"data {path}: no column or array '{value.name}' for the model input of that name")
-        feeds[value.name] = _as_input(table[value.name], value)
+        feeds[value.name] = _as_input(table[value.name], value, path)
     return feeds

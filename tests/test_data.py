@@ -804,3 +804,69 @@ def test_string_rows_refuses_bytes_that_are_not_utf8_naming_the_column(tmp_path:
     message = raised(string_rows, read_table(path), "color", path)
 
     assert "'color'" in message and "UTF-8" in message and "latin1.csv" in message
+
+
+def test_merge_feeds_a_bool_column_to_the_rank_2_input_of_its_name(tmp_path: Path) -> None:
+    """A source input `flag: bool [N, 1]` bound by name to the data column `flag` gets `[N, 1]`, not the
+    column's `[N]` (onnxruntime refused the rank: exit 1); the fused file equals the source on those rows."""
+    from conftest import assert_runtimes_agree, ort_outputs, run_cli, save
+    from onnx import helper
+
+    weights = helper.make_tensor("W", TensorProto.FLOAT, [3, 2], [1, -1, 0.5, -0.5, -0.3, 0.3])
+    nodes = [helper.make_node("Cast", ["flag"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Concat", ["f", "a", "b"], ["fx"], axis=1),
+             helper.make_node("MatMul", ["fx", "W"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["probabilities"], axis=1),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]  # fmt: skip
+    inputs = [helper.make_tensor_value_info(name, kind, ["N", 1])
+              for name, kind in (("flag", TensorProto.BOOL), ("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT))]
+    outputs = [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+               helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])]  # fmt: skip
+    graph = helper.make_graph(nodes, "flagged", inputs, outputs, initializer=[weights])
+    flagged = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10),
+                   tmp_path / "flagged.onnx")  # fmt: skip
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(3, 60)).round(3)
+    flag = rng.random(60) < 0.5
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"flag": flag, "a": a, "b": b, "c": c, "y": (a + c > 0).astype(np.int64)}), data)
+    other = tmp_path / "other.onnx"
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    save(to_onnx(LogisticRegression().fit(c.reshape(-1, 1), a > 0), c[:1].reshape(1, 1).astype(np.float32),
+                 options={"zipmap": False}), other)  # fmt: skip
+    out = tmp_path / "fused.onnx"
+
+    result = run_cli("merge", flagged, other, "--features", "-", "--features", "c", "--data", data, "--target", "y",
+                     "--keep-model-outputs", "-o", out)  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    feeds = {"features": np.stack([a, b, c], axis=1).astype(np.float32), "flag": flag.reshape(-1, 1)}
+    fused = assert_runtimes_agree(out, feeds)
+    alone = ort_outputs(flagged, {"flag": flag.reshape(-1, 1), "a": feeds["features"][:, :1],
+                                  "b": feeds["features"][:, 1:2]})  # fmt: skip
+    np.testing.assert_array_equal(fused["m1/probabilities"], alone["probabilities"])
+
+
+def test_read_table_refuses_an_npz_member_of_an_unknown_compression_naming_the_file(tmp_path: Path) -> None:
+    """A damaged `.npz` whose member names a compression method zipfile does not know is one error, not
+    NotImplementedError (exit 1)."""
+    import zipfile
+
+    path = tmp_path / "damaged.npz"
+    np.savez_compressed(path, x=np.arange(10.0), y=np.arange(10))
+    data = bytearray(path.read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # local and central headers: compression method at +8 / +10
+        start = 0
+        while (start := data.find(header, start)) != -1:
+            offset = start + (8 if header == b"PK\x03\x04" else 10)
+            data[offset : offset + 2] = (99).to_bytes(2, "little")
+            start += 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(NotImplementedError), zipfile.ZipFile(path) as archive:  # what zipfile itself does
+        archive.read(archive.namelist()[0])
+
+    message = raised(read_table, path)
+
+    assert "damaged.npz" in message

@@ -66,8 +66,8 @@ def score(
     if progress is not None:
         progress(min(batch_rows, total))
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for done in concurrent.futures.as_completed([pool.submit(run, start) for start in starts[1:]]):
-            rows = done.result()
+        for batch in [pool.submit(run, start) for start in starts[1:]]:  # progress told in row order
+            rows = batch.result()
             if progress is not None:
                 progress(rows)
     return {key: results[value.name] for key, value in outputs.items()}

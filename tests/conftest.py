@@ -139,3 +139,17 @@ def string_pipeline(table: dict[str, np.ndarray], numeric: Sequence[str]) -> onn
     pipeline = Pipeline([("pre", ColumnTransformer(steps)), ("lr", LogisticRegression())]).fit(frame, table["y"])
     initial = [("color", StringTensorType([None, 1]))] + [(n, FloatTensorType([None, 1])) for n in numeric]
     return convert_sklearn(pipeline, initial_types=initial, target_opset=18)
+
+
+def canonical(proto: onnx.ModelProto) -> bytes:
+    """Deterministic bytes with initializers in name order (the packed file lists streamed ones last) and empty
+    doc strings unset (the one that ends a tensor's alignment padding parses as set to "")."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for tensor in copy.graph.initializer:
+        if not tensor.doc_string:
+            tensor.ClearField("doc_string")
+    ordered = sorted(copy.graph.initializer, key=lambda t: t.name)
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(ordered)
+    return copy.SerializeToString(deterministic=True)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs, run_cli
+from conftest import assert_checker_and_portable, assert_runtimes_agree, canonical, ort_outputs, run_cli
 from onnx import external_data_helper, helper, numpy_helper
 
 from onnxfuse import digest, emit, pipeline
@@ -97,20 +97,6 @@ def inline_proto(model: ir.Model) -> onnx.ModelProto:
             tensor.ClearField("data_location")
             tensor.raw_data = tensors[tensor.name].tobytes()
     return proto
-
-
-def canonical(proto: onnx.ModelProto) -> bytes:
-    """Deterministic bytes with initializers in name order (the packed file lists the streamed ones last) and
-    empty tensor doc strings unset (the one that ends an aligned tensor's padding parses as set to "")."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    for tensor in copy.graph.initializer:
-        if not tensor.doc_string:
-            tensor.ClearField("doc_string")
-    ordered = sorted(copy.graph.initializer, key=lambda t: t.name)
-    del copy.graph.initializer[:]
-    copy.graph.initializer.extend(ordered)
-    return copy.SerializeToString(deterministic=True)
 
 
 def test_emit_streams_bytes_that_protobuf_reads_back_as_the_staged_model(external_sources, tmp_path, monkeypatch):

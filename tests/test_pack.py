@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from conftest import assert_checker_and_portable, assert_runtimes_agree, ort_outputs
+from conftest import assert_checker_and_portable, assert_runtimes_agree, canonical, ort_outputs
 from onnx import external_data_helper, helper, numpy_helper
 
 from onnxfuse import pack
@@ -91,20 +91,6 @@ def x_rows(count: int = 16) -> np.ndarray:
     rows[: count // 2] += 2  # both If branches run
     rows[count // 2 :] -= 2
     return rows
-
-
-def canonical(proto: onnx.ModelProto) -> bytes:
-    """Deterministic bytes with initializers in name order (the packed file lists streamed ones last) and empty
-    doc strings unset (the one that ends a tensor's alignment padding parses as set to "")."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    for tensor in copy.graph.initializer:
-        if not tensor.doc_string:
-            tensor.ClearField("doc_string")
-    ordered = sorted(copy.graph.initializer, key=lambda t: t.name)
-    del copy.graph.initializer[:]
-    copy.graph.initializer.extend(ordered)
-    return copy.SerializeToString(deterministic=True)
 
 
 def inline_proto(path: Path) -> onnx.ModelProto:

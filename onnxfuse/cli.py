@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import sys
-import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from click.core import ParameterSource
 
 from onnxfuse import __version__
 from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning, VerificationError
-from onnxfuse.spec import FuseSpec, ModelSpec, declare, long_flag, options, read_spec, spec_key
+from onnxfuse.spec import FuseSpec, ModelSpec, declare, long_flag, option_types, options, read_spec, spec_key
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -99,8 +98,7 @@ def _click_kind(field: dataclasses.Field) -> dict:
     rules, default = field.metadata, None if field.default is dataclasses.MISSING else field.default
     if isinstance(default, bool):
         return {"is_flag": True}
-    hint = typing.get_type_hints(FuseSpec)[field.name]
-    kind = (set(typing.get_args(hint)) or {hint}) - {type(None)}
+    kind = option_types(field)
     if "choices" in rules:
         kind = click.Choice(rules["choices"])
     elif Path in kind:

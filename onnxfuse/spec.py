@@ -84,6 +84,12 @@ def long_flag(field: dataclasses.Field) -> str:
     return next(flag for flag in flags if flag.startswith("--"))
 
 
+def option_types(field: dataclasses.Field) -> set[type]:
+    """The types an option's value may have (its type hint without None): `Path | None` gives {Path}."""
+    hint = typing.get_type_hints(FuseSpec)[field.name]
+    return (set(typing.get_args(hint)) or {hint}) - {type(None)}
+
+
 def spec_key(field: dataclasses.Field) -> str:
     """The spec-file key of an option: its long flag with `_` for `-`."""
     return long_flag(field).removeprefix("--").replace("-", "_")
@@ -209,16 +215,16 @@ def _under(folder: Path, value: object, where: str) -> Path:
 
 def _typed(field: dataclasses.Field, value: object, where: str, folder: Path) -> Any:
     """A spec-file value of `field`, checked against the field's type and rules (paths resolved)."""
-    hint = typing.get_type_hints(FuseSpec)[field.name]
-    wanted = (set(typing.get_args(hint)) or {hint}) - {type(None)}
-    if Path in wanted:
+    wanted = option_types(field)
+    is_path = Path in wanted
+    if is_path:
         wanted = {str}
     if float in wanted:
         wanted.add(int)
     if not isinstance(value, tuple(wanted)) or (isinstance(value, bool) and bool not in wanted):
         raise OnnxfuseError(f"{where} has the wrong type ({type(value).__name__})")
     _check_rules(field, value, where)
-    return _under(folder, value, where) if Path in set(typing.get_args(hint)) | {hint} else value
+    return _under(folder, value, where) if is_path else value
 
 
 def _check_keys(table: dict, known: tuple[str, ...], where: str) -> None:

@@ -107,8 +107,8 @@ def check_spec(spec: FuseSpec) -> None:
     trains = chosen.trains
     if spec.passthrough and "passthrough" not in chosen.options:
         raise OnnxfuseError(
-            f"--passthrough feeds the raw features to a stacking meta-learner, which --fusion {spec.fusion} "
-            "does not have; drop --passthrough or use --fusion stack"
+            f"--passthrough feeds the raw features to the fusion head; --fusion {spec.fusion} mixes the sources' "
+            "outputs only: drop --passthrough, or use --fusion stack or gate"
         )
     if spec.data and not spec.target and trains:
         raise OnnxfuseError(f"--fusion {spec.fusion} needs --target, the label column of --data")

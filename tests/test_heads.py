@@ -163,3 +163,15 @@ def test_the_command_line_lists_the_heads_without_importing_them():
     code = f"import sys, onnxfuse.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert shown.strip() == "[]", shown
+
+
+def test_gate_takes_passthrough_as_what_it_does_anyway(regression_sources, tmp_path):
+    """The gate always reads the raw features: `--passthrough` is accepted and changes no number."""
+    sources, data = regression_sources
+    plain, passed = tmp_path / "plain.onnx", tmp_path / "passthrough.onnx"
+    merge(fusion_spec(sources, data, plain, fusion="gate"))
+    merge(fusion_spec(sources, data, passed, fusion="gate", passthrough=True))
+    x, _ = regression_task(100, seed=14)
+    np.testing.assert_array_equal(
+        ort_outputs(plain, {"features": x})["prediction"], ort_outputs(passed, {"features": x})["prediction"]
+    )

@@ -325,8 +325,8 @@ def test_merge_refuses_a_spec_key_of_the_wrong_type_naming_it(project: Path, els
      ({"meta": "tree"}, ("--meta", "tree")), ({"target_opset": 0}, ("--target-opset", "0")),
      ({"features_dtype": "float16"}, ("--features-dtype", "float16")),
      ({"fusion": "mean", "passthrough": True}, ("--passthrough", "--fusion mean")),
-     ({"fusion": "gate", "passthrough": True}, ("--passthrough", "--fusion gate"))],
-    ids=["holdout", "fusion", "meta", "target_opset", "features_dtype", "passthrough_mean", "passthrough_gate"],
+     ({"fusion": "vote", "passthrough": True}, ("--passthrough", "--fusion vote"))],
+    ids=["holdout", "fusion", "meta", "target_opset", "features_dtype", "passthrough_mean", "passthrough_vote"],
 )  # fmt: skip
 def test_merge_refuses_a_fuse_spec_option_out_of_its_rules(tmp_path: Path, options: dict, culprits) -> None:
     """A library caller's FuseSpec goes through the same rules as the flags: an OnnxfuseError naming the option."""

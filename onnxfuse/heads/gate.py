@@ -18,6 +18,7 @@ from onnxfuse.signals import Signals
 class LearnedGate(Fusion):
     name = "gate"
     trains = True
+    options = ("passthrough",)  # accepted: the gate reads the raw features with or without it
 
     def needs_features(self, spec) -> bool:
         return True

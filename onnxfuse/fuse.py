@@ -22,7 +22,7 @@ from onnxfuse.bind import Binding
 from onnxfuse.errors import OnnxfuseError, warn
 from onnxfuse.feeds import Labelled
 from onnxfuse.heads import fusion as chosen_fusion
-from onnxfuse.heads.base import Fusion, Head, LabelSpace, unlabeled_scores
+from onnxfuse.heads.base import KINDS, Fusion, Head, LabelSpace, unlabeled_scores
 from onnxfuse.normalize import NormalizedModel, Versions
 from onnxfuse.roles import Classes, OutputRole, distribution_problem, output_role, scores_refusal
 from onnxfuse.signals import graph_signals, numpy_signals, numpy_votes, scored_outputs
@@ -31,7 +31,6 @@ from onnxfuse.splice import Spliced
 from onnxfuse.support import BATCH_DIM, add_constant, add_node, class_array
 
 CONTRACT_OUTPUTS = ("label", "probabilities", "prediction")
-_KINDS = {"classification": "classifier", "regression": "regressor", "scores": "model of unlabeled scores"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +99,7 @@ def _agreed_space(roles: Sequence[OutputRole], spec: FuseSpec) -> LabelSpace:
             raise OnnxfuseError(unlabeled_scores(role, "without --data and --target, the classes must be known"))
     tasks = sorted({role.task for role in roles})
     if len(tasks) != 1:
-        kinds = ", ".join(f"{r.model} is a {_KINDS[r.task]}" for r in roles)
+        kinds = ", ".join(f"{r.model} is a {KINDS[r.task]}" for r in roles)
         raise OnnxfuseError(
             f"these sources need a stacking head ({kinds}); give --data and --target and use --fusion stack"
         )

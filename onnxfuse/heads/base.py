@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from onnxfuse.normalize import Versions
     from onnxfuse.spec import FuseSpec
 
-_KINDS = {"classification": "classifier", "regression": "regressor", "scores": "model of unlabeled scores"}
+KINDS = {"classification": "classifier", "regression": "regressor", "scores": "model of unlabeled scores"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Fusion:
             if role.task != task:
                 logit = f", or --declare {role.index}:logits={role.prediction} if it is a logit"
                 raise OnnxfuseError(
-                    f"{role.model} is a {_KINDS[role.task]} but the target is {task}; --fusion {self.name} mixes like "
+                    f"{role.model} is a {KINDS[role.task]} but the target is {task}; --fusion {self.name} mixes like "
                     f"with like (use --fusion stack{logit if role.prediction else ''})"
                 )
 

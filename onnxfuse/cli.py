@@ -126,12 +126,13 @@ def _click_kind(field: dataclasses.Field) -> dict:
     "or classes=A,B,...; repeatable.",
 )  # fmt: skip
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="Read the options from a TOML file.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines or bars (they go to stderr on a terminal only).")
 @click.pass_context
-def merge(ctx: click.Context, spec_file: Path | None, **flags) -> None:
+def merge(ctx: click.Context, spec_file: Path | None, quiet: bool, **flags) -> None:
     """Merge MODELS into one ONNX file (-o OUT.onnx), or as a --spec file says."""
     from onnxfuse.pipeline import merge as run_merge
 
-    with _Progress() as progress:
+    with _Progress(enabled=not quiet and sys.stderr.isatty()) as progress:
         result = run_merge(_fuse_spec(ctx, spec_file, flags), progress=progress)
     classes = f", {len(result.classes)} classes" if result.classes is not None else ""
     if result.fusion.get("holdout", {}).get("metrics"):
@@ -199,27 +200,38 @@ def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseS
 
 
 class _Progress:
-    """A progress bar on stderr for scoring long data (over PROGRESS_ROWS rows), nothing for short."""
+    """A `progress.Reporter` on stderr: a line per stage, and a bar for scoring long data (over PROGRESS_ROWS
+    rows); silent when not `enabled` (not a terminal, or --quiet)."""
 
     PROGRESS_ROWS = 200_000
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
         self._bar = None
+        self._enabled = enabled
 
-    def __call__(self, done: int, total: int) -> None:
-        if total < self.PROGRESS_ROWS:
+    def stage(self, text: str) -> None:
+        if self._enabled:
+            self._close_bar()
+            click.echo(f"... {text}", err=True)
+
+    def rows(self, done: int, total: int) -> None:
+        if not self._enabled or total < self.PROGRESS_ROWS:
             return
         if self._bar is None:
             self._bar = click.progressbar(length=total, label="scoring sources", file=sys.stderr)
             self._bar.__enter__()
         self._bar.update(done)
 
+    def _close_bar(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*(exc_info or (None, None, None)))
+            self._bar = None
+
     def __enter__(self) -> _Progress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc_info)
+        self._close_bar(*exc_info)
 
 
 def _declared(specs: tuple[ModelSpec, ...], declarations: tuple[str, ...]) -> tuple[ModelSpec, ...]:

@@ -12,12 +12,13 @@ stage takes over `spliced.model`; the sources are never touched.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxfuse import progress
 from onnxfuse.bind import Binding
 from onnxfuse.errors import OnnxfuseError, warn
 from onnxfuse.feeds import Labelled
@@ -53,7 +54,6 @@ def fuse(
     feeds: Mapping[str, np.ndarray],
     folder: Path,
     versions: Versions,
-    progress: Callable[[int, int], None] | None = None,
 ) -> Fused:
     """Fit `spec.fusion`'s head on the labelled rows (or weigh the sources equally without) and add it."""
     fusion = chosen_fusion(spec.fusion)
@@ -65,7 +65,7 @@ def fuse(
         roles = _checked_roles(roles, _sources_alone(models, roles, binding, feeds), fusion)
         head, report = fusion.untrained(len(models)), None
     else:
-        head, report, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, progress)
+        head, report, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder)
     graph = spliced.model.graph
     signals = graph_signals(graph, spliced.outputs, roles, space.classes, votes=fusion.votes)
     _contract_outputs(graph, head.build(spliced.model, signals, space, versions), space)
@@ -76,20 +76,31 @@ def fuse(
     return Fused(spliced.model, space, head, metadata)
 
 
-def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: FuseSpec, folder, progress):
+def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: FuseSpec, folder):
     """Score the sources on the labelled rows, check their probabilities, fit and report the head."""
     from onnxfuse.score import score  # onnxruntime is imported where sources are scored
     from onnxfuse.train import train_head  # so are scikit-learn and scipy
 
-    counter = (lambda done: progress(done, labelled.rows)) if progress else None
     wanted = scored_outputs(spliced.outputs, roles, votes=fusion.votes, classes=labelled.classes)
-    scores = score(spliced.model, wanted, labelled.feeds, folder=folder, progress=counter)
+    progress.stage(f"scoring {len(models)} sources on {labelled.rows:,} rows")
+    scores = score(spliced.model, wanted, labelled.feeds, folder=folder,
+                   progress=lambda done: progress.rows(done, labelled.rows))  # fmt: skip
     roles = _checked_roles(roles, scores, fusion)
     signals = numpy_signals(scores, roles, labelled.classes)
     head_signals = numpy_votes(signals, scores, labelled.classes) if fusion.votes else signals
-    names = [(f"m{m.source.index} {m.source.name}", r.task == labelled.task) for m, r in zip(models, roles)]
+    names = [(f"m{m.source.index} {m.source.name}", _reading(r, labelled)) for m, r in zip(models, roles)]
     head, report = train_head(fusion, signals, head_signals, labelled, spec, names=names)
     return head, report, roles
+
+
+def _reading(role: OutputRole, labelled: Labelled) -> str | None:
+    """How the hold-out report scores a source alone (see `train.train_head`)."""
+    if role.task == labelled.task:
+        return "signal"
+    classes = labelled.classes or ()
+    if role.task == "scores" and labelled.task == "classification" and role.width == len(classes) > 1:
+        return "softmax"
+    return None
 
 
 def _agreed_space(roles: Sequence[OutputRole], spec: FuseSpec) -> LabelSpace:

@@ -8,9 +8,10 @@ sources' protos (functional); `fuse` and `optimize` change that graph in place;
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+import onnxfuse.progress
 from onnxfuse import __version__
 from onnxfuse.bind import InputBinding, bind
 from onnxfuse.data import column_names, read_table
@@ -22,6 +23,7 @@ from onnxfuse.load import SourceModel, load_model
 from onnxfuse.mobile import write_ort
 from onnxfuse.normalize import Versions, normalize
 from onnxfuse.optimize import optimize
+from onnxfuse.progress import Reporter, reporting
 from onnxfuse.report import write_report
 from onnxfuse.roles import looks_like_classifier
 from onnxfuse.spec import FuseSpec, check_spec
@@ -44,8 +46,14 @@ class FuseResult:
     why: str = ""  # why the task was chosen, for the summary line
 
 
-def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None) -> FuseResult:
-    """load -> normalize -> bind -> splice -> fuse (score, train) -> optimize -> verify -> emit."""
+def merge(spec: FuseSpec, *, progress: Reporter | None = None) -> FuseResult:
+    """load -> normalize -> bind -> splice -> fuse (score, train) -> optimize -> verify -> emit; `progress` hears
+    of each long stage (see `onnxfuse.progress`)."""
+    with reporting(progress):
+        return _merge(spec)
+
+
+def _merge(spec: FuseSpec) -> FuseResult:
     check_spec(spec)
     inputs = [m.path for m in spec.models] + ([spec.data] if spec.data else [])
     check_output(spec.output, inputs)
@@ -63,11 +71,11 @@ def merge(spec: FuseSpec, *, progress: Callable[[int, int], None] | None = None)
         spliced = splice(models, binding, versions)
         with workspace(spec.output, inputs) as folder:
             feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
-            fused = fuse(spliced, models, binding, labelled, spec, feeds=feeds, folder=folder, versions=versions,
-                         progress=progress)  # fmt: skip
+            fused = fuse(spliced, models, binding, labelled, spec, feeds=feeds, folder=folder, versions=versions)
             if spec.optimize:
                 optimize(fused.model, keep=[value for outputs in spliced.outputs for value in outputs.values()])
             staged = stage(fused.model, folder, out=spec.output, metadata=_metadata(sources, binding, fused))
+            onnxfuse.progress.stage("verifying the fused file against its sources")
             verify(staged.view, models, binding, feeds=feeds, exact=source_rows(binding, table))
             check_sealed(staged)
             if spec.ort:

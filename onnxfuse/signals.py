@@ -27,14 +27,16 @@ class Signals:
 
     `meta_columns` are the columns a stacking meta-learner reads: P(positive) for
     binary tasks (as scikit-learn's StackingClassifier), the source's own classes
-    otherwise, the prediction for regressors.
+    otherwise, the prediction for regressors. `probabilities` says which sources'
+    signals are class probabilities (a stacking head reads those as log-odds).
     """
 
     per_model: tuple[np.ndarray, ...]
     meta_columns: tuple[tuple[int, ...], ...]
+    probabilities: tuple[bool, ...] = ()
 
     def take(self, rows: np.ndarray) -> Signals:
-        return Signals(tuple(s[rows] for s in self.per_model), self.meta_columns)
+        return Signals(tuple(s[rows] for s in self.per_model), self.meta_columns, self.probabilities)
 
 
 def scored_outputs(
@@ -52,7 +54,8 @@ def scored_outputs(
 def numpy_signals(scores: Mapping[str, np.ndarray], roles: Sequence[OutputRole], classes) -> Signals:
     """The signals from the scored outputs (see `scored_outputs`), as `graph_signals` computes them."""
     per_model = tuple(_numpy_signal(role, scores[f"{i}/signal"], classes) for i, role in enumerate(roles))
-    return Signals(per_model, tuple(meta_columns(role, classes) for role in roles))
+    columns = tuple(meta_columns(role, classes) for role in roles)
+    return Signals(per_model, columns, tuple(role.task == "classification" for role in roles))
 
 
 def numpy_votes(signals: Signals, scores: Mapping[str, np.ndarray], classes: Sequence) -> Signals:
@@ -61,7 +64,7 @@ def numpy_votes(signals: Signals, scores: Mapping[str, np.ndarray], classes: Seq
         scores.get(f"{i}/label", np.array(classes, dtype=object)[np.argmax(signal, axis=1)])
         for i, signal in enumerate(signals.per_model)
     ]
-    return Signals(tuple(one_hot(label, classes) for label in labels), signals.meta_columns)
+    return Signals(tuple(one_hot(label, classes) for label in labels), signals.meta_columns, signals.probabilities)
 
 
 def graph_signals(

@@ -54,7 +54,10 @@ class FuseSpec:
         "stack", "How the sources are combined: a meta-learner (stack), their weighted mean, a weighted vote of "
         "their labels, or a per-row gate on the features (gate).", choices=tuple(FUSIONS),
     )  # fmt: skip
-    meta: str = option("linear", "The stacking meta-learner's family (--fusion stack).", choices=METAS)
+    meta: str = option(
+        "auto", "The stacking head's learner (--fusion stack): auto chooses among each source alone, the fitted "
+        "mean, the gate and the linear, mlp and gbdt (LightGBM) learners by cross-validation.", choices=METAS,
+    )  # fmt: skip
     task: str = option("auto", "The target's task; auto reads it from the target column.", choices=TASKS)
     passthrough: bool = option(False, "The stacking head also reads the raw features.")
     holdout: float = option(

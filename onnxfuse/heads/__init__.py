@@ -19,7 +19,7 @@ FUSIONS: dict[str, str] = {
     "vote": "onnxfuse.heads.vote:Vote",
     "gate": "onnxfuse.heads.gate:LearnedGate",
 }
-METAS = ("linear", "mlp", "gbdt")  # the stacking head's meta-learner families (see heads.stack.fit_estimator)
+METAS = ("auto", "linear", "mlp", "gbdt")  # the stacking head's learners (see heads.learners); auto: heads.auto
 
 
 def fusion(name: str) -> Fusion:

@@ -1,9 +1,9 @@
 """A softmax-weighted mixture of the sources' signals: what `mean`, `vote` and `gate` fit and write.
 
-Rules: the weights are `softmax(impute(x) @ W + b)` per row, with `W` empty (fixed
-weights) for mean and vote; they are fitted with L-BFGS on the log loss of the
-mixed probabilities (squared error for regression), starting from equal
-weights, so a mixture that learns nothing is the plain mean.
+Rules: the weights are `softmax(standardize(x) @ W + b)` per row, with `W` empty
+(fixed weights) for mean and vote; they are fitted in float64 with L-BFGS on the
+log loss of the mixed probabilities (squared error for regression), starting from
+equal weights, so a mixture that learns nothing is the plain mean.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxfuse.heads.base import LabelSpace, Standardizer, imputed_features
+from onnxfuse.heads.base import LabelSpace, Standardizer, class_indices, float_features, standardized
 from onnxfuse.signals import Signals
 from onnxfuse.support import add_constant, add_node, flatten
 
@@ -39,7 +39,7 @@ class Gate:
 
 @dataclasses.dataclass(frozen=True)
 class Mixture:
-    """A fitted mixture (a `Head`): the gate reads imputed raw features when `standardizer` is set."""
+    """A fitted mixture (a `Head`): the gate reads the standardised raw features when `standardizer` is set."""
 
     gate: Gate
     standardizer: Standardizer | None = None
@@ -53,10 +53,17 @@ class Mixture:
         return (weights / weights.sum()).astype(np.float32)
 
     def predict(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
-        imputed = self.standardizer.impute(features) if self.standardizer is not None else None
-        gate = self.gate.mix(imputed)
+        scaled = self.standardizer.standardize(features) if self.standardizer is not None else None
+        gate = self.gate.mix(scaled)
         mixed = sum(gate[:, [m]] * s for m, s in enumerate(signals.per_model))
         return mixed[:, 0] if mixed.shape[1] == 1 else mixed
+
+    def refit(self, signals: Signals, features: np.ndarray | None, target: np.ndarray, space: LabelSpace) -> Mixture:
+        """The same kind of mixture (per-row gate or fixed weights) fitted on other rows."""
+        indices = class_indices(target, space.classes) if space.task == "classification" else target
+        if self.uses_features:
+            return gated(signals, features, indices, space.task)
+        return fixed_weights(signals, indices, space.task)
 
     def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions) -> dict:
         graph = model.graph
@@ -78,7 +85,7 @@ class Mixture:
         return total if space.task == "classification" else flatten(graph, total)
 
     def _per_row(self, graph: ir.Graph, signals: Sequence[ir.Value], space: LabelSpace) -> ir.Value:
-        features = imputed_features(graph, self.standardizer)
+        features = standardized(graph, float_features(graph), self.standardizer, "gate/features")
         weights = add_constant(graph, "gate/weights", self.gate.weights)
         logits = add_node(graph, "MatMul", [features, weights], {}, "gate/scores")
         logits = add_node(graph, "Add", [logits, add_constant(graph, "gate/bias", self.gate.bias)], {}, "gate/logits")
@@ -104,6 +111,12 @@ def fixed_weights(signals: Signals, target: np.ndarray, task: str) -> Mixture:
     """One weight per source for all rows."""
     gate = fit_gate(signals, None, target, task)
     return Mixture(Gate(np.zeros((0, len(gate.bias)), np.float32), gate.bias))
+
+
+def gated(signals: Signals, features: np.ndarray, target: np.ndarray, task: str) -> Mixture:
+    """Per-row weights from the standardised raw features (`target`: class indices for classification)."""
+    standardizer = Standardizer.fit(features)
+    return Mixture(fit_gate(signals, standardizer.standardize(features), target, task), standardizer)
 
 
 def fit_gate(signals: Signals, features: np.ndarray | None, target: np.ndarray, task: str) -> Gate:

@@ -1,12 +1,15 @@
-"""`--fusion stack` (the default): a scikit-learn meta-learner on the sources' signals, converted by skl2onnx.
+"""`--fusion stack` (the default): a learner on the sources' signals, tuned by cross-validation, in the file.
 
-Rules: the meta-learner reads each source's `meta_columns` (P(positive) for a
-binary target, as scikit-learn's StackingClassifier; the source's classes
-otherwise; a regressor's prediction; raw scores) and, with `--passthrough`, the
-raw features with NaN read as the column mean. `--meta` chooses its family
-(linear, mlp, gbdt). It combines any sources, classifiers and regressors alike,
-and is the one head that reads unlabeled scores. The converted head (zipmap off,
-at the graph's opsets) is attached under `fusion/head/`.
+Rules: the learner reads each source's `meta_columns` — class probabilities as
+log-odds (P(positive) of a binary target, as scikit-learn's StackingClassifier) or
+log-probabilities, so logits and their softmax export stack alike; a regressor's
+prediction and raw scores as they are — and, with `--passthrough`, the raw features.
+That matrix is standardised (NaN read as the column mean) and the learner fitted in
+float64 (`learners`); the file computes the same transform in float32 before the
+converted learner (skl2onnx, or onnxmltools for LightGBM) under `fusion/head/`.
+`--meta` chooses the family; `auto` (the default) chooses among candidate heads by
+cross-validation (see `auto`). It combines any sources, classifiers and regressors
+alike, and is the one head that reads unlabeled scores.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxfuse.heads.base import Fusion, LabelSpace, Standardizer, imputed_features
+from onnxfuse.heads.base import Fusion, Head, LabelSpace, Standardizer, class_indices, float_features, standardized
+from onnxfuse.heads.learners import Learner, fit_learner, folds, tune
 from onnxfuse.roles import OutputRole
 from onnxfuse.signals import Signals
 from onnxfuse.support import ML, PREFIX, add_constant, add_node, as_float, flatten
+
+EPSILON = 1e-6  # probabilities are clipped to [EPSILON, 1 - EPSILON] before the log: log-odds within +-13.8
 
 
 class Stack(Fusion):
@@ -35,92 +41,134 @@ class Stack(Fusion):
     def needs_features(self, spec) -> bool:
         return spec.passthrough
 
-    def fit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace, spec) -> Stacked:
-        standardizer = Standardizer.fit(features) if spec.passthrough else None
-        extra = standardizer.impute(features) if standardizer is not None else None
-        estimator = fit_estimator(spec.meta, space.task, meta_matrix(signals, extra), target, seed=spec.seed)
-        return Stacked(estimator, spec.meta, signals.meta_columns, standardizer)
+    def fit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace, spec) -> Head:
+        if spec.meta == "auto":
+            from onnxfuse.heads.auto import choose
+
+            return choose(signals, features, target, space, spec)
+        y = learner_target(target, space)
+        x = meta_matrix(signals, features if spec.passthrough else None)
+        standardizer = Standardizer.fit(x)
+        scaled = standardizer.standardize(x)
+        count = len(space.classes) if space.classes is not None else None
+        tuned = tune(spec.meta, space.task, scaled, y, folds(y, space.task, seed=spec.seed), seed=spec.seed,
+                     classes=count)  # fmt: skip
+        learner = fit_learner(spec.meta, space.task, scaled, y, tuned.params, seed=spec.seed, classes=count)
+        return Stacked(learner, signals.meta_columns, signals.probabilities, standardizer, spec.passthrough, spec.seed)
+
+    def refit(self, head: Head, signals: Signals, features, target: np.ndarray, space: LabelSpace, spec) -> Head:
+        """The head chosen and tuned on the training part, fitted on all rows."""
+        return head.refit(signals, features, target, space)
 
     def baseline_family(self, spec) -> str:
-        return spec.meta
+        return "auto" if spec.meta == "auto" else spec.meta
 
 
 @dataclasses.dataclass(frozen=True)
 class Stacked:
-    """A fitted stacking head (a `Head`): the estimator, and the imputation of passthrough features."""
+    """A fitted stacking head (a `Head`): the learner, the columns it reads and how they are standardised."""
 
-    estimator: object
-    meta: str
+    learner: Learner
     meta_columns: tuple[tuple[int, ...], ...]
-    standardizer: Standardizer | None = None  # set with --passthrough
+    probabilities: tuple[bool, ...]  # per source: its columns are class probabilities, read as log-odds
+    standardizer: Standardizer
+    passthrough: bool = False
+    seed: int = 0
 
     @property
     def uses_features(self) -> bool:
-        return self.standardizer is not None
+        return self.passthrough
 
     def predict(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
-        extra = self.standardizer.impute(features) if self.standardizer is not None else None
-        x = meta_matrix(signals, extra)
-        if hasattr(self.estimator, "predict_proba"):
-            return self.estimator.predict_proba(x)
-        return self.estimator.predict(x)
+        x = self.standardizer.standardize(meta_matrix(signals, features if self.passthrough else None))
+        return self.learner.predict(x)
+
+    def refit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace) -> Stacked:
+        x = meta_matrix(signals, features if self.passthrough else None)
+        standardizer = Standardizer.fit(x)
+        learner = self.learner
+        refitted = fit_learner(learner.family, learner.task, standardizer.standardize(x), learner_target(target, space),
+                               learner.params, seed=self.seed, classes=learner.classes)  # fmt: skip
+        return dataclasses.replace(self, learner=refitted, standardizer=standardizer)
 
     def metadata(self) -> dict:
-        return {"meta": self.meta, "passthrough": self.uses_features}
+        return {"meta": self.learner.family, "passthrough": self.passthrough, "tuned": self.learner.params}
 
     def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions) -> dict:
-        from skl2onnx import to_onnx  # only stacking needs the converter
-
         from onnxfuse.normalize import unify_versions
         from onnxfuse.splice import attach
 
         graph = model.graph
-        columns = []
-        for m, (signal, chosen) in enumerate(zip(signals, self.meta_columns)):
-            indices = add_constant(graph, f"m{m + 1}/meta_columns", np.array(chosen, dtype=np.int64))
-            columns.append(add_node(graph, "Gather", [signal, indices], {"axis": 1}, f"m{m + 1}/meta"))
-        if self.standardizer is not None:
-            columns.append(imputed_features(graph, self.standardizer))
+        columns = [
+            _graph_columns(graph, signal, chosen, probability, m)
+            for m, (signal, chosen, probability) in enumerate(zip(signals, self.meta_columns, self.probabilities))
+        ]
+        if self.passthrough:
+            columns.append(float_features(graph))
         meta = add_node(graph, "Concat", columns, {"axis": 1}, "meta_input") if len(columns) > 1 else columns[0]
-        width = sum(len(c) for c in self.meta_columns) + (len(self.standardizer.mean) if self.uses_features else 0)
-        classify = space.task == "classification"
-        proto = to_onnx(
-            self.estimator,
-            np.zeros((1, width), dtype=np.float32),
-            target_opset={"": versions.opset, ML: versions.ml_opset},
-            options={"zipmap": False} if classify else None,
-        )
-        label = f"the --meta {self.meta} head"
+        meta = standardized(graph, meta, self.standardizer, "meta")
+        proto, output = self.learner.convert(len(self.standardizer.mean), {"": versions.opset, ML: versions.ml_opset})
+        label = f"the --meta {self.learner.family} head"
         proto = unify_versions(proto, label, versions)
         outputs = attach(model, proto, prefix=f"{PREFIX}head/", inputs={proto.graph.input[0].name: meta}, label=label)
-        if classify:
-            return {"label": outputs["label"], "probabilities": outputs["probabilities"]}
-        return {"prediction": flatten(graph, as_float(graph, outputs["variable"], "head/prediction_float"))}
+        if space.task == "classification":
+            return {"probabilities": as_float(graph, outputs[output], "head/probabilities_float")}
+        scale = self.learner.target
+        prediction = flatten(graph, as_float(graph, outputs[output], "head/prediction_float"))
+        scaled = add_node(graph, "Mul", [prediction, add_constant(graph, "head/target_scale",
+                                                                  np.array(scale.scale, np.float32))], {},
+                          "head/prediction_scaled")  # fmt: skip
+        return {"prediction": add_node(graph, "Add", [scaled, add_constant(graph, "head/target_mean",
+                                                                           np.array(scale.mean, np.float32))], {},
+                                       "head/prediction")}  # fmt: skip
+
+
+def learner_target(target: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """Class indices for classification, the target as float64 for regression."""
+    if space.task == "classification":
+        return class_indices(target, space.classes)
+    return np.asarray(target, dtype=np.float64)
 
 
 def meta_matrix(signals: Signals, features: np.ndarray | None) -> np.ndarray:
-    """The meta-learner's input: each source's chosen columns, then the raw features."""
-    blocks = [s[:, list(cols)] for s, cols in zip(signals.per_model, signals.meta_columns)]
+    """The learner's input before standardising, float32 as the file computes it: each source's chosen columns
+    (probabilities as log-odds or log-probabilities), then the raw features."""
+    blocks = [
+        _log_odds(s[:, list(cols)]) if probability else s[:, list(cols)]
+        for s, cols, probability in zip(signals.per_model, signals.meta_columns, _flags(signals))
+    ]
     if features is not None:
-        blocks.append(features)
+        blocks.append(np.asarray(features, dtype=np.float32))
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
-def fit_estimator(family: str, task: str, x: np.ndarray, y: np.ndarray, *, seed: int):
-    """A scikit-learn estimator of `family` (see METAS) that skl2onnx converts."""
-    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.neural_network import MLPClassifier, MLPRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def _flags(signals: Signals) -> tuple[bool, ...]:
+    return signals.probabilities or (False,) * len(signals.per_model)
 
-    classify = task == "classification"
-    if family == "linear":
-        estimator = LogisticRegression(max_iter=2000) if classify else Ridge(alpha=1.0)
-    elif family == "mlp":
-        cls = MLPClassifier if classify else MLPRegressor
-        estimator = make_pipeline(StandardScaler(), cls(hidden_layer_sizes=(32,), max_iter=500, random_state=seed))
-    else:
-        cls = GradientBoostingClassifier if classify else GradientBoostingRegressor
-        estimator = cls(n_estimators=150, max_depth=3, learning_rate=0.1, random_state=seed)
-    return estimator.fit(x, y)
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    """One column: the log-odds of P(positive); several: log-probabilities (float32, as the graph)."""
+    low, high = np.float32(EPSILON), np.float32(1 - EPSILON)
+    clipped = np.clip(p.astype(np.float32), low, high if p.shape[1] == 1 else np.float32(1))
+    if p.shape[1] == 1:
+        return (np.log(clipped) - np.log(np.float32(1) - clipped)).astype(np.float32)
+    return np.log(clipped).astype(np.float32)
+
+
+def _graph_columns(graph: ir.Graph, signal: ir.Value, chosen: tuple[int, ...], probability: bool, m: int) -> ir.Value:
+    """A source's chosen columns as `meta_matrix` computes them."""
+    indices = add_constant(graph, f"m{m + 1}/meta_columns", np.array(chosen, dtype=np.int64))
+    columns = add_node(graph, "Gather", [signal, indices], {"axis": 1}, f"m{m + 1}/meta")
+    if not probability:
+        return columns
+    one = len(chosen) == 1
+    low = add_constant(graph, f"m{m + 1}/clip_low", np.array(EPSILON, dtype=np.float32))
+    high = add_constant(graph, f"m{m + 1}/clip_high", np.array(1 - EPSILON if one else 1.0, dtype=np.float32))
+    clipped = add_node(graph, "Clip", [columns, low, high], {}, f"m{m + 1}/clipped")
+    logs = add_node(graph, "Log", [clipped], {}, f"m{m + 1}/log_probabilities")
+    if not one:
+        return logs
+    unit = add_constant(graph, f"m{m + 1}/unit", np.array(1.0, dtype=np.float32))
+    rest = add_node(graph, "Sub", [unit, clipped], {}, f"m{m + 1}/complement")
+    return add_node(graph, "Sub", [logs, add_node(graph, "Log", [rest], {}, f"m{m + 1}/log_complement")], {},
+                    f"m{m + 1}/log_odds")  # fmt: skip

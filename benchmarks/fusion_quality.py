@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -180,7 +181,7 @@ def fused_outputs(path: Path, frame: pd.DataFrame, task: str) -> tuple[np.ndarra
 
 
 def repetition(data: DataSet, frame: pd.DataFrame, y: np.ndarray, rep: int, chosen: Sequence[Head],
-               rows: dict[str, Row], folder: Path, caught: dict[str, set[str]]) -> Rows:  # fmt: skip
+               rows: dict[str, Row], folder: Path, caught: dict[str, list]) -> Rows:  # fmt: skip
     """Split, train and export the sources, fit the comparison models, merge every head and score all of
     them on the external test rows; each result is appended to its row in `rows`."""
     task = data.task
@@ -193,8 +194,8 @@ def repetition(data: DataSet, frame: pd.DataFrame, y: np.ndarray, rep: int, chos
         where = [frame.columns.get_loc(c) for c in source.columns]
         path = real_data.write_source(source, x[own][:, where], y[own], rep, folder / f"{letter}.onnx")
         paths.append(path)
-        merge_out.append(real_data.source_outputs(path, x[split.merge][:, where], source.form))
-        test_out.append(real_data.source_outputs(path, x[split.test][:, where], source.form))
+        merge_out.append(real_data.source_outputs(path, x[split.merge][:, where], task, source.form))
+        test_out.append(real_data.source_outputs(path, x[split.test][:, where], task, source.form))
         _add(rows, f"source {source.label}", scores(task, test_y, test_out[-1]))
     stack = hand_stack(task).fit(stack_inputs(task, merge_out), y[split.merge])
     label = "hand stack (scaled ridge)" if task == "regression" else "hand stack (scaled logistic)"
@@ -216,7 +217,7 @@ def repetition(data: DataSet, frame: pd.DataFrame, y: np.ndarray, rep: int, chos
 
 def _merge_head(head: Head, sources: Sequence[Source], paths: Sequence[Path], data_path: Path,
                 test_frame: pd.DataFrame, test_y: np.ndarray, task: str, rep: int, rows: dict[str, Row],
-                folder: Path, caught: dict[str, set[str]]) -> None:  # fmt: skip
+                folder: Path, caught: dict[str, list]) -> None:  # fmt: skip
     """One head's merge and its test-row scores; a refusal is the row's note, warnings are collected."""
     row = rows.setdefault(head.label, Row(head.label))
     output = folder / f"fused_{head.key}.onnx"
@@ -236,14 +237,21 @@ def _merge_head(head: Head, sources: Sequence[Source], paths: Sequence[Path], da
             row.errors.append(f"failed ({type(exc).__name__}): {_one_line(exc)}")
             return
         finally:
+            row.seconds.append(time.perf_counter() - start)
             for w in seen:
-                caught.setdefault(f"{w.category.__name__}: {_one_line(w.message)}", set()).add(head.key)
-    row.seconds.append(time.perf_counter() - start)
+                _catch(caught, f"{w.category.__name__}: {_one_line(w.message)}", head.key)
     if "chosen" in result.fusion:
         row.notes.append(str(result.fusion["chosen"]))
     values, label = fused_outputs(output, test_frame, task)
     row.runs.append(scores(task, test_y, values, label))
     output.unlink()
+
+
+def _catch(caught: dict[str, list], message: str, key: str) -> None:
+    """Collect a warning once per wording (its numbers aside): the first text, how often, which heads."""
+    entry = caught.setdefault(re.sub(r"\d+(\.\d+)?", "#", message), [message, 0, set()])
+    entry[1] += 1
+    entry[2].add(key)
 
 
 def _add(rows: dict[str, Row], label: str, values: dict[str, float]) -> None:
@@ -369,7 +377,7 @@ def run_dataset(data: DataSet, reps: int, keys: set[str] | None, folder: Path) -
     frame, y = data.load()
     chosen = [h for h in heads(data.task) if keys is None or h.key in keys]
     rows: dict[str, Row] = {}
-    caught: dict[str, set[str]] = {}
+    caught: dict[str, list] = {}
     start = time.perf_counter()
     for rep in range(reps):
         print(f"  {data.name} rep {rep + 1}/{reps} ...", file=sys.stderr, flush=True)
@@ -391,8 +399,8 @@ def run_dataset(data: DataSet, reps: int, keys: set[str] | None, folder: Path) -
         *table(data.task, ordered, reps),
     ]  # fmt: skip
     if caught:
-        lines += ["", "Warnings during the merges (heads):"]
-        lines += [f"- {message} ({', '.join(sorted(keys_))})" for message, keys_ in sorted(caught.items())]
+        lines += ["", "Warnings during the merges (first wording, count, heads):"]
+        lines += [f"- {text} (×{count}: {', '.join(sorted(keys_))})" for text, count, keys_ in caught.values()]
     return [*lines, ""], goals(data, rows, chosen, hand_label) if chosen else None
 
 

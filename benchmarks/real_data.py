@@ -33,7 +33,7 @@ class Source:
     label: str  # for the table: "A: logistic on mean *"
     columns: tuple[str, ...]
     train: Trainer
-    form: str = "probabilities"  # "probabilities", "logits" (raw, softmax to read) or "prediction"
+    form: str = "probabilities"  # "probabilities" or "logits" (raw, softmax to read); a regressor's is its prediction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,7 +293,7 @@ DATASETS: dict[str, DataSet] = {
             "diabetes", "regression", _diabetes,
             lambda cols: (
                 Source("A: ridge on age, sex, bmi, bp", ("age", "sex", "bmi", "bp"), ridge),
-                Source("B: boosting on s1..s6", tuple(f"s{i}" for i in range(1, 7)), boosting_regressor, "prediction"),
+                Source("B: boosting on s1..s6", tuple(f"s{i}" for i in range(1, 7)), boosting_regressor),
             ),
             "regression, 442 rows, unscaled (age in years, bp in mm Hg, s1..s6 serum values)",
         ),
@@ -324,15 +324,15 @@ def write_source(source: Source, x: np.ndarray, y: np.ndarray, seed: int, path: 
     return path
 
 
-def source_outputs(path: Path, x: np.ndarray, form: str) -> np.ndarray:
+def source_outputs(path: Path, x: np.ndarray, task: str, form: str) -> np.ndarray:
     """What the source's ONNX file says for rows `x`: class probabilities [N, C] (a ZipMap's dicts
-    or a tensor; raw logits through a softmax) or the prediction [N]."""
+    or a tensor; raw logits through a softmax), or a regressor's prediction [N]."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     dtype = np.float64 if session.get_inputs()[0].type == "tensor(double)" else np.float32
     outputs = session.run(None, {session.get_inputs()[0].name: x.astype(dtype)})
-    if form == "prediction":
+    if task == "regression":
         return np.asarray(outputs[0], dtype=np.float64).reshape(len(x))
     for value in outputs:
         if isinstance(value, list):  # ZipMap: one {class: probability} dict per row

@@ -210,8 +210,8 @@ def numpy_head(
     """The fused file's head in numpy, as users who run the sources separately would compute it.
 
     The one function of the benchmarks that reads onnxfuse's head internals (FuseResult.head and its
-    `predict`, signals.Signals / class_placement / meta_columns, heads.stack.meta_matrix): adapt it
-    when they move. Returns `head(probabilities, features)`: `probabilities[i]` is source i's float32
+    `predict`, an auto head's `.head`, a Stacked head's `learner` and `standardizer`, signals.Signals /
+    class_placement / meta_columns, heads.stack.meta_matrix): adapt it when they move. Returns `head(probabilities, features)`: `probabilities[i]` is source i's float32
     `[N, C_i]` over its own classes (`roles[i].classes`), `features` the `[N, F]` rows; the result is
     `[N, C]` over `result.classes`. `plain=True` computes a linear stack as `sigmoid(m @ coef + b)`
     (softmax for several classes) instead of scikit-learn's `predict_proba` inside `head.predict`.
@@ -222,17 +222,20 @@ def numpy_head(
     head = result.head
     placements = [class_placement(role, result.classes) for role in roles]
     meta = tuple(meta_columns(role, result.classes) for role in roles)
-    estimator = getattr(head, "estimator", None)
-    if plain and (estimator is None or head.uses_features):
-        raise ValueError("the plain numpy head computes a linear stack without --passthrough only")
+    stacked = getattr(head, "head", head)  # --meta auto wraps the head it chose
+    learner = getattr(stacked, "learner", None)
+    if plain and (learner is None or learner.family != "linear" or head.uses_features):
+        raise ValueError("the plain numpy head computes a linear stack (--meta linear) without --passthrough only")
+    estimator = getattr(learner, "estimator", None)
     coef = np.asarray(getattr(estimator, "coef_", 0.0), dtype=np.float64).T
     intercept = np.asarray(getattr(estimator, "intercept_", 0.0), dtype=np.float64)
 
     def run(probabilities: Sequence[np.ndarray], features: np.ndarray) -> np.ndarray:
-        signals = Signals(tuple(p.astype(np.float32) @ m for p, m in zip(probabilities, placements)), meta)
+        flags = (True,) * len(probabilities)
+        signals = Signals(tuple(p.astype(np.float32) @ m for p, m in zip(probabilities, placements)), meta, flags)
         if not plain:
             return head.predict(signals, features if head.uses_features else None)
-        scores = meta_matrix(signals, None) @ coef + intercept
+        scores = stacked.standardizer.standardize(meta_matrix(signals, None)) @ coef + intercept
         if scores.shape[1] == 1:
             positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
             return np.stack([1.0 - positive, positive], axis=1)

@@ -41,6 +41,13 @@ def train_head(
     scores, one per class: read through a softmax), or None (not comparable). What
     the figures say a user should know is warned of and listed (`caveats`).
     """
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+    with threadpool_limits(limits=1, user_api="blas"):  # the heads' matrices are small: threads only wait
+        return _train_head(fusion, signals, head_signals, labelled, spec, names)
+
+
+def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpec, names) -> tuple[Head, dict]:
     features = labelled.feeds.get("features")
     if features is None and fusion.needs_features(spec):
         flags = f"--fusion {fusion.name}{' --passthrough' if spec.passthrough else ''}"

@@ -69,7 +69,7 @@ def regression_signals(sources: list[Path], x: np.ndarray) -> Signals:
         prediction = ort_outputs(path, {model.proto.graph.input[0].name: x[:, cols]})[role.prediction]
         per_model.append(np.asarray(prediction, np.float32).reshape(-1, 1))
         columns.append(meta_columns(role, None))
-    return Signals(tuple(per_model), tuple(columns))
+    return Signals(tuple(per_model), tuple(columns), (False,) * len(per_model))  # regressors' predictions
 
 
 def fusion_spec(sources: list[Path], data: Path, out: Path, **options) -> FuseSpec:

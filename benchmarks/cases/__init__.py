@@ -67,8 +67,9 @@ def build(
     """Merge `sources` on `data` (target `y`) into `folder`, optimized and `--no-optimize`; read the fusion rows."""
     models = tuple(ModelSpec(s.path, s.features) for s in sources)
     fused, unoptimized = folder / "fused.onnx", folder / "fused_no_optimize.onnx"
-    result, merge_s = _merge(FuseSpec(models=models, output=fused, data=data, target="y"))
-    _, plain_s = _merge(FuseSpec(models=models, output=unoptimized, data=data, target="y", optimize=False))
+    result, merge_s = _merge(FuseSpec(models=models, output=fused, data=data, target="y", meta="linear"))
+    _, plain_s = _merge(FuseSpec(models=models, output=unoptimized, data=data, target="y", meta="linear",
+                                 optimize=False))
     x, y = read_csv(data, result.features, "y")
     notes = (*notes, f"merge {merge_s:.2f} s (optimized), {plain_s:.2f} s (--no-optimize)")
     plain = tuple(plain_sources or sources)

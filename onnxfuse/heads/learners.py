@@ -6,8 +6,10 @@ unscaled on the way out (`TargetScale`, also in the file). Each family has one
 regularisation knob, chosen by the mean log loss (squared error) over seeded folds:
 linear — `C` of a logistic regression / `alpha` of a ridge; mlp — the L2 `alpha`
 (L-BFGS on small sets, Adam with early stopping on large ones); gbdt — LightGBM,
-its number of trees found by early stopping on an inner split of each fold. The
-chosen setting is then fitted on all rows given (`fit_learner`).
+its number of trees found by early stopping on an inner split of each fold. A
+setting is chosen on the first fold, and its loss is the mean over all folds (so
+an MLP costs its grid plus the folds in fits, not their product). The chosen
+setting is then fitted on all rows given (`fit_learner`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import onnx
 
 from onnxfuse.errors import warn
 
-FOLDS = 5
+FOLDS, FOLDS_ROWS = 5, 10_000  # 5 folds up to FOLDS_ROWS rows, 3 above
 TUNE_ROWS = 100_000  # tuning reads a seeded sample of at most this many rows; the chosen setting fits on all
 LINEAR_C = (0.01, 0.1, 1.0, 10.0, 100.0)
 RIDGE_ALPHA = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 MLP_ALPHA = (1e-4, 1e-2, 1.0)
-MLP_LBFGS_ROWS = 2_000  # below: full-batch L-BFGS (no rows to spare for early stopping); above: Adam, early stopping
+MLP_LBFGS_ROWS = 1_000  # below: full-batch L-BFGS (no rows to spare for early stopping); above: Adam, early stopping
 TREES, TREE_PATIENCE = 1_000, 30
-BOOSTING_THREADS = 2  # fixed, so the trees (and the file's bytes) do not depend on the machine's core count
+BOOSTING_THREADS_ROWS = 200_000  # LightGBM uses 2 threads from this many rows, 1 below: on a loaded machine its
+# OpenMP threads wait for each other at every split (100 s instead of 0.1 s on 200 rows); the count follows the rows
+# alone, so the trees (and the file's bytes) do not depend on the machine
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
 
 
@@ -52,7 +56,7 @@ class Tuned:
     family: str
     params: dict
     loss: float | None
-    grid: dict[str, float]  # loss of each setting tried, by its text
+    grid: dict[str, float]  # loss on the first fold of each setting tried, by its text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +83,11 @@ class Learner:
         if self.family == "gbdt":
             from onnxmltools import convert_lightgbm
             from onnxmltools.convert.common.data_types import FloatTensorType
+            from onnxmltools.convert.common.onnx_ex import get_maximum_opset_supported
 
             proto = convert_lightgbm(
                 self.estimator, initial_types=[("input", FloatTensorType([None, width]))],
-                target_opset=opsets, zipmap=False,
+                target_opset=min(opsets[""], get_maximum_opset_supported()), zipmap=False,
             )  # fmt: skip
         else:
             from skl2onnx import to_onnx
@@ -95,12 +100,13 @@ class Learner:
         return proto, next(n for n in names if "prob" in n) if classify else names[0]
 
 
-def folds(target: np.ndarray, task: str, *, seed: int, count: int = FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Seeded K-fold splits (stratified by class), at most `count` and no more than the rarest class allows;
-    empty when there are too few rows to cross-validate."""
+def folds(target: np.ndarray, task: str, *, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded K-fold splits (stratified by class), no more than the rarest class allows; empty when there are
+    too few rows to cross-validate."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     rows = len(target)
+    count = FOLDS if rows <= FOLDS_ROWS else 3
     if task == "classification":
         rarest = int(np.unique(target, return_counts=True)[1].min())
         count = min(count, rarest)
@@ -121,14 +127,17 @@ def tune(
     x, y, folds = _tuning_sample(x, y, folds, seed)
     if family == "gbdt":
         return _tune_boosting(task, x, y, folds, seed=seed, classes=classes)
-    losses = {}
-    for params in grid:
-        losses[_text(params)] = float(np.mean([
-            fold_loss(task, y[held], _fit(family, task, x[train], y[train], params, seed, classes).predict(x[held]))
-            for train, held in folds
-        ]))  # fmt: skip
-    best = min(range(len(grid)), key=lambda i: losses[_text(grid[i])])
-    return Tuned(family, grid[best], losses[_text(grid[best])], losses)
+
+    def loss(params: dict, fold: tuple[np.ndarray, np.ndarray]) -> float:
+        train, held = fold
+        return fold_loss(task, y[held], _fit(family, task, x[train], y[train], params, seed, classes).predict(x[held]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a setting that does not converge scores badly; that is its verdict
+        first = {_text(params): loss(params, folds[0]) for params in grid}
+        best = min(grid, key=lambda params: first[_text(params)])
+        mean = float(np.mean([first[_text(best)], *(loss(best, fold) for fold in folds[1:])]))
+    return Tuned(family, best, mean, first)
 
 
 def fit_learner(family: str, task: str, x: np.ndarray, y: np.ndarray, params: dict, *, seed: int,
@@ -170,23 +179,23 @@ def _estimator(family: str, task: str, params: dict, seed: int, *, rows: int):
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
         small = rows < MLP_LBFGS_ROWS
-        solver = {"solver": "lbfgs", "max_iter": 1000} if small else {
-            "solver": "adam", "max_iter": 300, "early_stopping": True, "validation_fraction": 0.1,
-            "n_iter_no_change": 10,
+        solver = {"solver": "lbfgs", "max_iter": 500} if small else {
+            "solver": "adam", "max_iter": 200, "early_stopping": True, "validation_fraction": 0.1,
+            "n_iter_no_change": 8,
         }  # fmt: skip
         cls = MLPClassifier if classify else MLPRegressor
         return cls(hidden_layer_sizes=(32,), alpha=params["alpha"], random_state=seed, **solver)
-    return _boosting(task, params.get("n_estimators", TREES), seed)
+    return _boosting(task, params.get("n_estimators", TREES), seed, rows=rows)
 
 
-def _boosting(task: str, trees: int, seed: int):
+def _boosting(task: str, trees: int, seed: int, *, rows: int):
     from lightgbm import LGBMClassifier, LGBMRegressor
 
     cls = LGBMClassifier if task == "classification" else LGBMRegressor
     return cls(
         n_estimators=trees, learning_rate=0.05, num_leaves=15, min_child_samples=10, reg_lambda=1.0,
         subsample=1.0, colsample_bytree=1.0, random_state=seed, deterministic=True, force_col_wise=True,
-        n_jobs=BOOSTING_THREADS, verbose=-1,
+        n_jobs=2 if rows >= BOOSTING_THREADS_ROWS else 1, verbose=-1,
     )  # fmt: skip
 
 
@@ -202,10 +211,10 @@ def _tune_boosting(task: str, x: np.ndarray, y: np.ndarray, folds: Folds, *, see
         inner, stop = train_test_split(train, test_size=0.2, random_state=seed, stratify=stratify)
         scale = TargetScale.fit(y[inner]) if task == "regression" else None
         fitted = y if scale is None else (y - scale.mean) / scale.scale
-        estimator = _boosting(task, TREES, seed)
+        estimator = _boosting(task, TREES, seed, rows=len(inner))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*feature names.*")
-            estimator.fit(x[inner], fitted[inner], eval_set=[(x[stop], fitted[stop])],
+            estimator.fit(x[inner], fitted[inner], eval_X=(x[stop],), eval_y=(fitted[stop],),
                           callbacks=[early_stopping(TREE_PATIENCE, verbose=False)])  # fmt: skip
         counts.append(max(1, int(estimator.best_iteration_ or TREES)))
         learner = Learner("gbdt", task, {}, estimator, classes, scale)

@@ -46,6 +46,7 @@ class DataSet:
     sources: Callable[[Sequence[str]], tuple[Source, Source]]  # from the table's column names
     why: str
     needs: str | None = None  # a module the data set needs; without it the data set is skipped, saying so
+    reps: int = 3  # repetitions when --reps is not given: fewer where one repetition is slow
 
 
 @dataclasses.dataclass(frozen=True)

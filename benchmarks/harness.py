@@ -212,8 +212,9 @@ def numpy_head(
     The one function of the benchmarks that reads onnxfuse's head internals (FuseResult.head and its
     `predict`, an auto head's `.head`, a Stacked head's `learner` and `standardizer`, signals.Signals /
     class_placement / meta_columns, heads.stack.meta_matrix): adapt it when they move. Returns
-    `head(probabilities, features)`: `probabilities[i]` is source i's float32 `[N, C_i]` over its own classes (`roles[i].classes`), `features` the `[N, F]` rows; the result is
-    `[N, C]` over `result.classes`. `plain=True` computes a linear stack as `sigmoid(m @ coef + b)`
+    `head(probabilities, features)`: `probabilities[i]` is source i's float32 `[N, C_i]` over its own
+    classes (`roles[i].classes`), `features` the `[N, F]` rows; the result is `[N, C]` over
+    `result.classes`. `plain=True` computes a linear stack as `sigmoid(standardize(m) @ coef + b)`
     (softmax for several classes) instead of scikit-learn's `predict_proba` inside `head.predict`.
     """
     from onnxfuse.heads.stack import meta_matrix

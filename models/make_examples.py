@@ -3,6 +3,9 @@
 Model A (random forest, default ZipMap output) was trained on columns a, b only;
 model B (scaler + logistic regression, another family) on c, d only. The label in
 train.csv depends on all four columns, with an a*c interaction neither model sees.
+As two teams would have them, A and B were each trained on rows of their own, and
+train.csv holds rows neither saw: the fusion head must learn from rows the sources
+did not learn from, or it trusts their (overfitted) outputs and the hold-out lies.
 
     python models/make_examples.py        # rewrites models/a.onnx, b.onnx, train.csv
 """
@@ -19,24 +22,29 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 HERE = Path(__file__).resolve().parent
-ROWS = 4000
+ROWS = 800  # the joint labelled rows: fewer than each team had, as is usual
+TEAM_ROWS = 20_000
 SEED = 7
+TEAM_SEEDS = (1, 2)  # the rows team A and team B trained on: drawn apart from train.csv's
 
 
 def make_rows(rows: int = ROWS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Four features and a binary label whose logit includes an a*c interaction."""
+    """Four features and a binary label: each team's pair of columns acts non-linearly (which a team learns well
+    from its own many rows), and an a*c interaction neither team can see."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 4)).astype(np.float32)
     a, b, c, d = x.T
-    logit = 1.2 * a - 0.8 * b + 1.0 * c + 0.6 * d + 1.5 * a * c
+    logit = 1.5 * np.sin(2 * a) + 1.2 * a * b + 1.0 * c + 0.6 * d + 0.8 * a * c
     y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     return np.round(x, 4), y
 
 
 def main() -> None:
     x, y = make_rows()
-    model_a = RandomForestClassifier(n_estimators=12, max_depth=6, random_state=SEED).fit(x[:, :2], y)
-    model_b = make_pipeline(StandardScaler(), LogisticRegression()).fit(x[:, 2:], y)
+    x_a, y_a = make_rows(TEAM_ROWS, seed=TEAM_SEEDS[0])
+    x_b, y_b = make_rows(TEAM_ROWS, seed=TEAM_SEEDS[1])
+    model_a = RandomForestClassifier(n_estimators=12, max_depth=6, random_state=SEED).fit(x_a[:, :2], y_a)
+    model_b = make_pipeline(StandardScaler(), LogisticRegression()).fit(x_b[:, 2:], y_b)
     (HERE / "a.onnx").write_bytes(to_onnx(model_a, x[:1, :2], target_opset=18).SerializeToString())
     (HERE / "b.onnx").write_bytes(to_onnx(model_b, x[:1, 2:], target_opset=13).SerializeToString())
     lines = ["a,b,c,d,y"] + [",".join(f"{v:.4f}" for v in row) + f",{label}" for row, label in zip(x, y)]

@@ -324,19 +324,26 @@ class Goals:
     all_features: float
     far_below: list[str]
     missing: str  # "" or why the default has no figure: "refused" (or failed), "not run" (--heads)
+    lost: int  # repetitions in which the default was refused or failed: any is a FAIL of its goals
+
+    @property
+    def figure(self) -> str:
+        """The default's figure, or why it has none; a mean over fewer repetitions says how many were lost."""
+        lost = f" ({self.lost} rep{'s' if self.lost > 1 else ''} failed)" if self.lost else ""
+        return (self.missing or f"{self.default:.4f}") + lost
 
     def cells(self) -> list[str]:
         def delta(value: float) -> str:
             return f"{self.default - value:+.4f}"
 
-        source_ok = not self.missing and self.default >= self.best_source - SOURCE_SLACK
-        hand_ok = not self.missing and self.default >= self.hand - STACK_SLACK
+        source_ok = not self.missing and not self.lost and self.default >= self.best_source - SOURCE_SLACK
+        hand_ok = not self.missing and not self.lost and self.default >= self.hand - STACK_SLACK
         auc = "" if np.isnan(self.default_auc) else f"{self.default_auc:.4f}"
         return [
             self.name,
             self.metric,
             f"{self.best_source:.4f}",
-            self.missing or f"{self.default:.4f}",
+            self.figure,
             auc,
             f"{delta(self.best_source)} {'PASS' if source_ok else 'FAIL'}",
             f"{self.hand:.4f}",
@@ -349,8 +356,8 @@ class Goals:
 
 def goals(data: DataSet, rows: dict[str, Row], chosen: Sequence[Head], hand_label: str) -> Goals:
     """The goals on the mean primary metric: default vs the better source and the hand stack, the heads
-    more than HEAD_SLACK below the better source (a head refused in every repetition counts), and the
-    default's distance to the all-features model."""
+    more than HEAD_SLACK below the better source or refused/failed in any repetition (a mean over the
+    repetitions left would hide it), and the default's distance to the all-features model."""
     metric = primary(data.task)
     best_source = max(row.mean(metric) for key, row in rows.items() if key.startswith("source "))
     default = rows[chosen[0].label] if chosen[0].key == "default" else None
@@ -358,15 +365,17 @@ def goals(data: DataSet, rows: dict[str, Row], chosen: Sequence[Head], hand_labe
     auc = default.mean("roc_auc") if default is not None and data.task == "classification" else float("nan")
     far = []
     for head in chosen:
-        mean = rows[head.label].mean(metric)
-        if np.isnan(mean):
-            far.append(f"{head.key} (no result)")
+        row = rows[head.label]
+        mean = row.mean(metric)
+        if row.errors:
+            far.append(f"{head.key} ({len(row.errors)} of {len(row.errors) + len(row.runs)} reps failed)")
         elif mean < best_source - HEAD_SLACK:
             far.append(f"{head.key} ({mean - best_source:+.3f})")
     return Goals(
         data.name, metric, best_source, value, auc, rows[hand_label].mean(metric),
         better_of(rows, "all features, all non-test rows", data.task).mean(metric), far,
-        "not run" if default is None else "refused" if np.isnan(value) else "",
+        "not run" if default is None else "refused or failed" if np.isnan(value) else "",
+        len(default.errors) if default is not None and not np.isnan(value) else 0,
     )  # fmt: skip
 
 

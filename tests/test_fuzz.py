@@ -73,6 +73,7 @@ TARGET = "y"
 INSPECT_CASES = 2500  # per model and family: 3 models x 2 families
 MERGE_MODEL_CASES = 600  # per family, --fusion mean
 STRUCT_CASES = 200  # structure-aware edits, heads of every kind
+AUTO_EVERY = 25  # of the data cases, one in this many merges with the default --meta auto
 MERGE_DATA_CASES = {"csv-bytes": 250, "csv-edit": 500, "parquet-bytes": 200, "parquet-edit": 300, "npz-bytes": 100}
 
 
@@ -1827,7 +1828,9 @@ DATA_MUTATORS: dict[str, tuple[str, Callable[[bytes, random.Random], tuple[bytes
 @pytest.mark.parametrize("family", sorted(DATA_MUTATORS))
 def test_merge_stack_exits_0_or_2_when_data_is_mutated(corpus: Path, runner: Runner, family: str) -> None:
     """The default `--fusion stack --data DATA --target y` on lr (a,b) and mlp (c,d), DATA mutated; a fifth of
-    the csv and parquet cases merge onehot (the string column `color` and e) with mlp instead."""
+    the csv and parquet cases merge onehot (the string column `color` and e) with mlp instead. One case in
+    AUTO_EVERY keeps the default `--meta auto` (a dozen heads cross-validated: seconds a case); the others
+    ask for `--meta linear`, so the 1,350 cases fuzz the data path in minutes."""
     suffix, mutator = DATA_MUTATORS[family]
     original = (corpus / f"data{suffix}").read_bytes()
     for number in numbers(MERGE_DATA_CASES[family]):
@@ -1843,6 +1846,8 @@ def test_merge_stack_exits_0_or_2_when_data_is_mutated(corpus: Path, runner: Run
         args = ["merge", *(str(corpus / f"{name}.onnx") for name in names)]
         args += [f for name in names for f in ("--features", MODEL_FEATURES[name])]
         args += ["--data", str(path), "--target", TARGET, "-o", str(out)]
+        if number % AUTO_EVERY:
+            args += ["--meta", "linear"]
         mutation = f"{names}: {mutation}"
         runner.run(case, mutation, path, args, merge_checker(out, previous))
         if not runner.failures or runner.failures[-1].case != case:

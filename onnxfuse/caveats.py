@@ -29,7 +29,7 @@ def caveats(report: dict, head: dict, spec) -> list[dict[str, str]]:
     table = report.get("metrics") or {}
     if table.get("fused"):
         primary = "accuracy" if report["task"] == "classification" else "r2"
-        found += _below(table, primary, head) + _seen(table, primary) + _chance(table, report)
+        found += _below(table, primary, head, report) + _seen(table, primary) + _chance(table, report)
     for caveat in found:
         warn(caveat["message"])
     return found
@@ -39,21 +39,22 @@ def _sources(table: dict) -> dict[str, dict]:
     return {name: values for name, values in table.items() if name != "fused" and not name.startswith("baseline")}
 
 
-def _below(table: dict, primary: str, head: dict) -> list[dict[str, str]]:
-    fused = table["fused"][primary]
+def _below(table: dict, primary: str, metadata: dict, report: dict) -> list[dict[str, str]]:
+    fused, head = table["fused"][primary], _head(metadata, report)
+    advice = "more fusion rows may help" if "chosen" in metadata else "try the default --meta auto, or more fusion rows"
     found = []
     scored = {name: v[primary] for name, v in _sources(table).items() if v.get(primary) is not None}
     if scored:
         best = max(scored, key=lambda name: scored[name])
         if fused < scored[best] - MARGIN:
             found.append({"code": "below_best_source", "message": (
-                f"the fused model ({_head(head)}) is below its best source on the hold-out: {primary} {fused:.4f} "
-                f"vs {scored[best]:.4f} for {best}; try --meta auto, or more fusion rows"
+                f"the fused model ({head}) is below its best source on the hold-out: {primary} {fused:.4f} "
+                f"vs {scored[best]:.4f} for {best}; {advice}"
             )})  # fmt: skip
     for name, values in table.items():
         if name.startswith("baseline") and values.get(primary) is not None and fused < values[primary] - MARGIN:
             found.append({"code": "below_baseline", "message": (
-                f"the fused model ({_head(head)}) is below a {name.removeprefix('baseline ')[1:-1]} trained from "
+                f"the fused model ({head}) is below a {name.removeprefix('baseline ')[1:-1]} trained from "
                 f"scratch on the fusion rows: {primary} {fused:.4f} vs {values[primary]:.4f}; the sources add little"
             )})  # fmt: skip
     return found
@@ -104,6 +105,6 @@ def _small(report: dict, spec) -> list[dict[str, str]]:
     )}]  # fmt: skip
 
 
-def _head(head: dict) -> str:
-    chosen = head.get("chosen") or head.get("meta")
-    return f"head {chosen}" if chosen else "its head"
+def _head(head: dict, report: dict) -> str:
+    """`--fusion stack`'s learner (or auto's choice), else the fusion's name."""
+    return f"head {head.get('chosen') or head.get('meta') or report['method']}"

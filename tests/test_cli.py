@@ -302,7 +302,9 @@ def test_merge_writes_out_when_two_classifiers(workdir: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith(f"wrote {out}"), result.stdout
     assert "fused" in result.stdout and "baseline" in result.stdout, "the hold-out table is printed"
-    assert result.stderr == ""
+    # nothing on stderr but the hold-out's caveats, one line each (the toy sources' mean is below a model
+    # trained from scratch on these rows: legal, and said)
+    assert all(line.startswith("warning: the fused model") for line in result.stderr.splitlines()), result.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == ["fused.onnx"]
     assert snapshot(workdir / "in") == before
     onnx.checker.check_model(str(out), full_check=True)

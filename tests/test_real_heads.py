@@ -391,7 +391,8 @@ def test_auto_choosing_one_source_alone_writes_that_source(caveat_cases, tmp_pat
     result = merge(fused_spec(sources, data, out))
     assert result.fusion["chosen"] == "m1 alone", result.fusion
     x, _ = interaction_task(200, seed=54, within_groups=True)
-    fresh = np.column_stack([x, np.random.default_rng(55).normal(size=(200, 2))]).astype(np.float32)
+    columns = dict(zip(("a", "b", "c", "d", "n1", "n2"), [*x.T, *np.random.default_rng(55).normal(size=(2, 200))]))
+    fresh = np.column_stack([columns[name] for name in kept.features]).astype(np.float32)
     fused = assert_runtimes_agree(out, {"features": fresh})
     alone = ort_outputs(sources[0][0], {"X": x[:, :2]})
     np.testing.assert_allclose(fused["probabilities"], alone["probabilities"], rtol=1e-6, atol=1e-6)

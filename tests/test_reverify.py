@@ -48,13 +48,14 @@ def merged(result: Result) -> None:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """models/ copied, and fused three ways: stack, mean, and stack with --keep-model-outputs."""
+    """models/ copied, and fused three ways: a linear stack (its LinearClassifier is what a test tampers with),
+    mean, and the default stack with --keep-model-outputs."""
     folder = tmp_path_factory.mktemp("verify_example")
     for name in ("a.onnx", "b.onnx", "train.csv"):
         shutil.copy(EXAMPLE / name, folder / name)
     flags = [str(folder / a) if a.endswith(".csv") else a for a in EXAMPLE_FLAGS]
     sources = (folder / "a.onnx", folder / "b.onnx")
-    merged(run_cli("merge", *sources, *flags, "-o", folder / "stack.onnx"))
+    merged(run_cli("merge", *sources, *flags, "--meta", "linear", "-o", folder / "stack.onnx"))
     merged(run_cli("merge", *sources, *flags, "--fusion", "mean", "-o", folder / "mean.onnx"))
     merged(run_cli("merge", *sources, *flags, "--keep-model-outputs", "-o", folder / "keep.onnx"))
     return folder

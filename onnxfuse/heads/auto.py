@@ -23,10 +23,9 @@ import onnx_ir as ir
 from onnxfuse import progress
 from onnxfuse.heads.base import Head, LabelSpace, Standardizer
 from onnxfuse.heads.learners import Folds, fit_learner, fold_loss, folds, tune
-from onnxfuse.heads.mixture import fixed_weights, gated
+from onnxfuse.heads.mixture import fixed_weights, gated, weighted_sum
 from onnxfuse.heads.stack import Stacked, learner_target, meta_matrix
 from onnxfuse.signals import Signals
-from onnxfuse.support import flatten
 
 FAMILIES = ("linear", "mlp", "gbdt")
 PASSTHROUGH_ROWS = 10
@@ -72,7 +71,8 @@ class Chosen:
 
 @dataclasses.dataclass(frozen=True)
 class Alone:
-    """One source's own probabilities (or prediction), as the fused output."""
+    """One source's own probabilities (or prediction), as the fused output: the weighted sum with weight 1 on it
+    and 0 on the others, so the file still computes (and `verify` still checks) every source."""
 
     index: int
 
@@ -88,10 +88,9 @@ class Alone:
         return self
 
     def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions) -> dict:
-        signal = signals[self.index]
-        if space.task == "classification":
-            return {"probabilities": signal}
-        return {"prediction": flatten(model.graph, signal)}
+        weights = np.eye(len(signals), dtype=np.float32)[self.index]
+        mixed = weighted_sum(model.graph, signals, weights, space)
+        return {"probabilities": mixed} if space.task == "classification" else {"prediction": mixed}
 
     def metadata(self) -> dict:
         return {"source": self.index + 1}
@@ -103,8 +102,8 @@ def choose(signals: Signals, features: np.ndarray | None, target: np.ndarray, sp
     splits = folds(y, space.task, seed=spec.seed)
     candidates = _candidates(signals, features, y, space, spec)
     metric = "log_loss" if space.task == "classification" else "squared_error"
-    if not splits:  # too few rows to cross-validate: the plain linear stack, unscored
-        linear = next(c for c in candidates if c.name == "linear")
+    if not splits:  # too few rows to cross-validate: the first linear stack (with the features if asked), unscored
+        linear = next(c for c in candidates if c.name.startswith("linear"))
         return Chosen(linear.fit(), linear.name, {}, metric, 0)
     scores = {}
     for number, candidate in enumerate(candidates, start=1):
@@ -130,7 +129,7 @@ def _candidates(signals: Signals, features, y: np.ndarray, space: LabelSpace, sp
     for passthrough in readings:
         for family in FAMILIES:
             candidates.append(_learner(family, passthrough, signals, features, y, space, spec.seed))
-    if not any(c.name == "linear" for c in candidates):  # always a linear stack to fall back on
+    if not readings:  # --passthrough without column features is refused before; a linear stack to fall back on
         candidates.append(_learner("linear", False, signals, features, y, space, spec.seed))
     return candidates
 

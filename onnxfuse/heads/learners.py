@@ -79,7 +79,7 @@ class Learner:
 
     def convert(self, width: int, opsets: dict[str, int]) -> tuple[onnx.ModelProto, str]:
         """The estimator as ONNX (float input `[N, width]`), and the output holding probabilities (or the scaled
-        prediction, to be unscaled by the caller)."""
+        prediction, to be unscaled by the caller); at most the converter's newest opset (the caller converts up)."""
         classify = self.task == "classification"
         if self.family == "gbdt":
             from onnxmltools import convert_lightgbm
@@ -91,8 +91,9 @@ class Learner:
                 target_opset=min(opsets[""], get_maximum_opset_supported()), zipmap=False,
             )  # fmt: skip
         else:
-            from skl2onnx import to_onnx
+            from skl2onnx import get_latest_tested_opset_version, to_onnx
 
+            opsets = {**opsets, "": min(opsets[""], get_latest_tested_opset_version())}
             proto = to_onnx(
                 self.estimator, np.zeros((1, width), dtype=np.float32), target_opset=opsets,
                 options={"zipmap": False} if classify else None,

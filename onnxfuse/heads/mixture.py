@@ -76,13 +76,7 @@ class Mixture:
         return {"weights": [round(float(w), 6) for w in self.fixed_weights()]}
 
     def _fixed(self, graph: ir.Graph, signals: Sequence[ir.Value], space: LabelSpace) -> ir.Value:
-        scaled = [
-            add_node(graph, "Mul", [s, add_constant(graph, f"weight_{m}", np.array(w, dtype=np.float32))], {},
-                     f"m{m + 1}/weighted")
-            for m, (s, w) in enumerate(zip(signals, self.fixed_weights()))
-        ]  # fmt: skip
-        total = add_node(graph, "Sum", scaled, {}, "sum")
-        return total if space.task == "classification" else flatten(graph, total)
+        return weighted_sum(graph, signals, self.fixed_weights(), space)
 
     def _per_row(self, graph: ir.Graph, signals: Sequence[ir.Value], space: LabelSpace) -> ir.Value:
         features = standardized(graph, float_features(graph), self.standardizer, "gate/features")
@@ -100,6 +94,17 @@ class Mixture:
             stacked = add_node(graph, "Concat", list(signals), {"axis": 1}, "gate/experts")
         product = add_node(graph, "Mul", [stacked, weights], {}, "gate/weighted")
         return add_node(graph, "ReduceSum", [product, axis1], {"keepdims": 0}, "gate/mixed")
+
+
+def weighted_sum(graph: ir.Graph, signals: Sequence[ir.Value], weights: np.ndarray, space: LabelSpace) -> ir.Value:
+    """`sum_m w_m * signal_m` (a prediction `[N]` for regression): every source is read, also one of weight 0."""
+    scaled = [
+        add_node(graph, "Mul", [s, add_constant(graph, f"weight_{m}", np.array(w, dtype=np.float32))], {},
+                 f"m{m + 1}/weighted")
+        for m, (s, w) in enumerate(zip(signals, weights))
+    ]  # fmt: skip
+    total = add_node(graph, "Sum", scaled, {}, "sum")
+    return total if space.task == "classification" else flatten(graph, total)
 
 
 def equal_weights(count: int) -> Mixture:

@@ -4,8 +4,9 @@ Rules (on the hold-out table of `train.train_head`; the primary figure is accura
 for classification, R² for regression; a margin of MARGIN counts as noise):
 - below: the fused model is below its best source, or below the from-scratch baseline;
 - seen: a source is near-perfect (NEAR_PERFECT, with a log loss under CONFIDENT)
-  while another model in the table is at least GAP below it — the mark of a source
-  trained on these rows, which makes a stack trust it blindly;
+  while the from-scratch baseline (else the best other source) is at least GAP below
+  it — an honest source can match a model that saw every feature of these rows, not
+  beat it by far: the mark of a source trained on them, which a stack trusts blindly;
 - chance: a source scores at chance (ROC AUC within CHANCE of 0.5, or R² at or
   below 0 — a column-order mistake in `--features` looks like this), on at least
   CHANCE_ROWS hold-out rows;
@@ -41,7 +42,8 @@ def _sources(table: dict) -> dict[str, dict]:
 
 def _below(table: dict, primary: str, metadata: dict, report: dict) -> list[dict[str, str]]:
     fused, head = table["fused"][primary], _head(metadata, report)
-    advice = "more fusion rows may help" if "chosen" in metadata else "try the default --meta auto, or more fusion rows"
+    other = "the default --meta auto" if report["method"] == "stack" else "--fusion stack"
+    advice = "more fusion rows may help" if "chosen" in metadata else f"try {other}, or more fusion rows"
     found = []
     scored = {name: v[primary] for name, v in _sources(table).items() if v.get(primary) is not None}
     if scored:
@@ -66,14 +68,26 @@ def _seen(table: dict, primary: str) -> list[dict[str, str]]:
         value = values.get(primary)
         if value is None or value < NEAR_PERFECT or (values.get("log_loss") or 0.0) > CONFIDENT:
             continue
-        others = [v[primary] for n, v in table.items() if n not in (name, "fused") and v.get(primary) is not None]
-        if others and min(others) <= value - GAP:
+        reference = _reference(table, name, primary)
+        if reference is not None and reference[1] <= value - GAP:
             found.append({"code": "source_saw_rows", "message": (
                 f"{name} looks like it was trained on the fusion rows ({primary} {value:.4f} on the hold-out, "
-                f"others {min(others):.4f}); --data must be rows the sources did not learn from, else the head "
-                "trusts that source blindly and the figures are leaked"
+                f"{reference[0]} {reference[1]:.4f}); --data must be rows the sources did not learn from, else the "
+                "head trusts that source blindly and the figures are leaked"
             )})  # fmt: skip
     return found
+
+
+def _reference(table: dict, name: str, primary: str) -> tuple[str, float] | None:
+    """What a near-perfect source is held against: the from-scratch baseline (it saw every feature of these rows;
+    an honest source trained on other rows can match it, not beat it by far), else the best other source."""
+    for other, values in table.items():
+        if other.startswith("baseline") and values.get(primary) is not None:
+            family = other.removeprefix("baseline ").strip("()").replace(" on raw features", "")
+            return f"a {family} from scratch", values[primary]
+    others = {n: v[primary] for n, v in _sources(table).items() if n != name and v.get(primary) is not None}
+    best = max(others, key=lambda n: others[n], default=None)
+    return None if best is None else (best, others[best])
 
 
 def _chance(table: dict, report: dict) -> list[dict[str, str]]:

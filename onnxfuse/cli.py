@@ -138,7 +138,7 @@ def merge(ctx: click.Context, spec_file: Path | None, quiet: bool, **flags) -> N
     if result.fusion.get("holdout", {}).get("metrics"):
         from onnxfuse.report import format_table
 
-        click.echo(format_table(result.fusion["holdout"]))
+        click.echo(format_table(result.fusion["holdout"], result.fusion))
     also = f" (and {result.output.with_suffix('.ort').name} for mobile)" if result.ort else ""
     click.echo(
         f"wrote {result.output}{also}: {len(result.features)} features, {result.task} ({result.why}){classes}, "

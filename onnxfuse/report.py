@@ -35,8 +35,9 @@ def metrics(task: str, target: np.ndarray, prediction: np.ndarray, classes: Sequ
     }
 
 
-def format_table(report: dict) -> str:
-    """The hold-out table the CLI prints after a merge."""
+def format_table(report: dict, fusion: dict | None = None) -> str:
+    """The hold-out table the CLI prints after a merge, and which head `--meta auto` chose (from `fusion`, the
+    `onnxfuse.fusion` metadata)."""
     names = CLASSIFICATION_METRICS if report["task"] == "classification" else REGRESSION_METRICS
     rows = [("model", *names)]
     for name, values in report["metrics"].items():
@@ -55,6 +56,11 @@ def format_table(report: dict) -> str:
                 cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))
             )
         )
+    chosen = (fusion or {}).get("chosen")
+    if chosen is not None:
+        scores, cv = fusion["candidates"], fusion["cv"]
+        figure = f"{cv['folds']}-fold {cv['metric'].replace('_', ' ')} {scores[chosen]:.4f}, " if scores else ""
+        lines.append(f"head: {chosen}, chosen by --meta auto ({figure}best of {len(scores)} candidates)")
     return "\n".join(lines)
 
 

@@ -169,8 +169,8 @@ def test_merge_stacks_string_labels(tmp_path):
     assert np.mean(fused["label"] == y[:300]) > 0.8
 
 
-def torch_export(path: Path, x: np.ndarray, target: np.ndarray, *, outputs: int, loss: str) -> Path:
-    """A small MLP trained briefly in torch and exported with torch.onnx (dynamo, dynamic batch)."""
+def torch_net(x: np.ndarray, target: np.ndarray, *, outputs: int, loss: str = "cross_entropy"):
+    """A small MLP trained briefly in torch (150 Adam steps on `loss`), in eval mode."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, outputs))
@@ -180,13 +180,24 @@ def torch_export(path: Path, x: np.ndarray, target: np.ndarray, *, outputs: int,
         optimizer.zero_grad()
         getattr(torch.nn.functional, loss)(net(inputs), truth).backward()
         optimizer.step()
-    net.eval()
+    return net.eval()
+
+
+def export_torch(net, path: Path, x: np.ndarray) -> Path:
+    """torch.onnx (dynamo, dynamic batch, input `x`)."""
+    import torch
+
     dynamic = ({0: torch.export.Dim.DYNAMIC},)
     program = torch.onnx.export(
-        net, (inputs[:4],), dynamo=True, input_names=["x"], dynamic_shapes=dynamic, verbose=False
+        net, (torch.from_numpy(x[:4]),), dynamo=True, input_names=["x"], dynamic_shapes=dynamic, verbose=False
     )
     program.save(str(path))
     return path
+
+
+def torch_export(path: Path, x: np.ndarray, target: np.ndarray, *, outputs: int, loss: str) -> Path:
+    """A small MLP trained briefly in torch and exported with torch.onnx (dynamo, dynamic batch)."""
+    return export_torch(torch_net(x, target, outputs=outputs, loss=loss), path, x)
 
 
 def torch_regressor(path: Path, x: np.ndarray, y: np.ndarray) -> Path:

@@ -29,7 +29,7 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from test_fusion import write_data
+from test_fusion import export_torch, torch_net, write_data
 
 from onnxfuse.cli import _Progress
 from onnxfuse.errors import OnnxfuseWarning
@@ -160,32 +160,6 @@ def test_passthrough_of_natural_scale_features_keeps_or_improves_the_linear_stac
 
 
 # --- 2. torch logits stack as their softmax does -------------------------------------------------------------------
-
-
-def torch_net(x: np.ndarray, target: np.ndarray, *, outputs: int):
-    """A small MLP trained briefly on class indices (cross-entropy), as `test_fusion.torch_export` trains it."""
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, outputs))
-    optimizer = torch.optim.Adam(net.parameters(), lr=0.03)
-    inputs, truth = torch.from_numpy(x), torch.from_numpy(target)
-    for _ in range(150):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(inputs), truth).backward()
-        optimizer.step()
-    return net.eval()
-
-
-def export_torch(net, path: Path, x: np.ndarray) -> Path:
-    """torch.onnx (dynamo, dynamic batch), as `test_fusion.torch_export` exports."""
-    import torch
-
-    dynamic = ({0: torch.export.Dim.DYNAMIC},)
-    program = torch.onnx.export(
-        net, (torch.from_numpy(x[:4]),), dynamo=True, input_names=["x"], dynamic_shapes=dynamic, verbose=False
-    )
-    program.save(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

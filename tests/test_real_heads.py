@@ -336,8 +336,8 @@ def strong_and_useless(tmp_path_factory: pytest.TempPathFactory):
 def test_auto_never_loses_to_its_best_source(strong_and_useless, tmp_path):
     """The default merge (`--meta auto`) of a strong and a useless source is at least as accurate on the hold-out
     as the strong source alone, less 0.005 (the caveats' own noise margin); the metadata names the chosen head
-    and scores every candidate by a finite cross-validated loss, the chosen one the lowest, and the strong source
-    alone among them."""
+    and scores every candidate by a finite cross-validated loss, the chosen one within noise of the lowest, and
+    the strong source alone among them."""
     sources, data = strong_and_useless
     result = merge(fused_spec(sources, data, tmp_path / "fused.onnx"))
     table = table_of(result)
@@ -348,7 +348,8 @@ def test_auto_never_loses_to_its_best_source(strong_and_useless, tmp_path):
     assert fusion["meta"] == "auto" and fusion["chosen"] in candidates, fusion
     assert {"m1 alone", "m2 alone", "mean", "linear"} <= set(candidates), candidates
     assert all(isinstance(v, float) and math.isfinite(v) for v in candidates.values()), candidates
-    assert candidates[fusion["chosen"]] == min(candidates.values()), fusion
+    # the one-standard-error rule: the chosen head is the lowest, or a simpler one within noise of it
+    assert min(candidates.values()) <= candidates[fusion["chosen"]] <= min(candidates.values()) + 0.01, fusion
     assert fusion["cv"]["metric"] == "log_loss" and fusion["cv"]["folds"] >= 2, fusion["cv"]
     assert "below_best_source" not in codes(holdout(result)), holdout(result)
 

@@ -7,9 +7,12 @@ sources' signals, without and — where column features exist and there are at
 least PASSTHROUGH_ROWS rows per column — with the raw features (`--passthrough`
 keeps only the heads that read them). Every candidate is scored on the same
 seeded folds of the rows it is given by mean log loss (squared error), each
-learner at its own best setting; the lowest wins, the earlier on ties (simpler
-heads come first). A source alone is a candidate, so the choice is, up to noise,
-never worse than the best source. The choice and every score go to the metadata.
+learner at its own best setting. The winner is the first candidate in that order
+(simpler heads first) whose loss is within one standard error of the lowest — the
+error of the paired per-fold differences, the "one standard error" rule: a stack
+that beats the true model by noise on the folds loses to it on new rows. A source
+alone is a candidate, so the choice is, up to noise, never worse than the best
+source. The choice and every candidate's mean loss go to the metadata.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class Candidate:
     """A head auto may choose: its mean loss over folds, and its fit on all the rows."""
 
     name: str
-    score: Callable[[Folds], float]
+    score: Callable[[Folds], np.ndarray]  # the loss on each fold
     fit: Callable[[], Head]
 
 
@@ -105,13 +108,26 @@ def choose(signals: Signals, features: np.ndarray | None, target: np.ndarray, sp
     if not splits:  # too few rows to cross-validate: the first linear stack (with the features if asked), unscored
         linear = next(c for c in candidates if c.name.startswith("linear"))
         return Chosen(linear.fit(), linear.name, {}, metric, 0)
-    scores = {}
+    per_fold = {}
     for number, candidate in enumerate(candidates, start=1):
         progress.stage(f"cross-validating head {number}/{len(candidates)}: {candidate.name}")
-        scores[candidate.name] = candidate.score(splits)
-    best = min(candidates, key=lambda c: scores[c.name])
+        per_fold[candidate.name] = np.asarray(candidate.score(splits), dtype=np.float64)
+    best = _within_one_error(candidates, per_fold)
     progress.stage(f"fitting the chosen head: {best.name}")
+    scores = {name: float(np.mean(losses)) for name, losses in per_fold.items()}
     return Chosen(best.fit(), best.name, scores, metric, len(splits))
+
+
+def _within_one_error(candidates: Sequence[Candidate], per_fold: dict[str, np.ndarray]) -> Candidate:
+    """The first candidate whose mean fold loss exceeds the lowest by at most the standard error of their
+    per-fold differences."""
+    lowest = per_fold[min(candidates, key=lambda c: float(np.mean(per_fold[c.name]))).name]
+    for candidate in candidates:
+        difference = per_fold[candidate.name] - lowest
+        error = float(np.std(difference, ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
+        if float(np.mean(difference)) <= error:
+            return candidate
+    raise AssertionError("the lowest candidate is within its own error")
 
 
 def _candidates(signals: Signals, features, y: np.ndarray, space: LabelSpace, spec) -> list[Candidate]:
@@ -144,20 +160,20 @@ def _alone(signals: Signals, m: int, y: np.ndarray, task: str) -> Candidate:
     head = Alone(m)
     predicted = head.predict(signals, None)
 
-    def score(splits: Folds) -> float:
-        return float(np.mean([fold_loss(task, y[held], predicted[held]) for _, held in splits]))
+    def score(splits: Folds) -> np.ndarray:
+        return np.array([fold_loss(task, y[held], predicted[held]) for _, held in splits])
 
     return Candidate(f"m{m + 1} alone", score, lambda: head)
 
 
 def _mixture(name: str, fit: Callable, signals: Signals, features, y: np.ndarray, task: str) -> Candidate:
-    def score(splits: Folds) -> float:
+    def score(splits: Folds) -> np.ndarray:
         losses = []
         for train, held in splits:
             head = fit(signals.take(train), None if features is None else features[train], y[train])
             predicted = head.predict(signals.take(held), None if features is None else features[held])
             losses.append(fold_loss(task, y[held], predicted))
-        return float(np.mean(losses))
+        return np.array(losses)
 
     return Candidate(name, score, lambda: fit(signals, features, y))
 
@@ -170,10 +186,10 @@ def _learner(family: str, passthrough: bool, signals: Signals, features, y: np.n
     count = len(space.classes) if space.classes is not None else None
     chosen: dict = {}
 
-    def score(splits: Folds) -> float:
+    def score(splits: Folds) -> np.ndarray:
         tuned = tune(family, space.task, scaled, y, splits, seed=seed, classes=count)
         chosen["params"] = tuned.params
-        return float(tuned.loss)
+        return np.array(tuned.per_fold)
 
     def fit() -> Head:
         params = chosen.get("params") or tune(family, space.task, scaled, y, [], seed=seed, classes=count).params

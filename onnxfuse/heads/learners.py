@@ -60,6 +60,7 @@ class Tuned:
     params: dict
     loss: float | None
     grid: dict[str, float]  # loss of each setting tried (over all folds, or the first), by its text
+    per_fold: tuple[float, ...] = ()  # the chosen setting's loss on each fold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,13 +140,14 @@ def tune(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a setting that does not converge scores badly; that is its verdict
         if family in CHEAP:  # every setting on every fold: one fold's choice of C on a few hundred rows is noise
-            losses = {_text(params): float(np.mean([loss(params, fold) for fold in folds])) for params in grid}
-            best = min(grid, key=lambda params: losses[_text(params)])
-            return Tuned(family, best, losses[_text(best)], losses)
+            every = {_text(params): [loss(params, fold) for fold in folds] for params in grid}
+            best = min(grid, key=lambda params: np.mean(every[_text(params)]))
+            losses = {text: float(np.mean(values)) for text, values in every.items()}
+            return Tuned(family, best, losses[_text(best)], losses, tuple(every[_text(best)]))
         first = {_text(params): loss(params, folds[0]) for params in grid}
         best = min(grid, key=lambda params: first[_text(params)])
-        mean = float(np.mean([first[_text(best)], *(loss(best, fold) for fold in folds[1:])]))
-    return Tuned(family, best, mean, first)
+        per_fold = (first[_text(best)], *(loss(best, fold) for fold in folds[1:]))
+    return Tuned(family, best, float(np.mean(per_fold)), first, per_fold)
 
 
 def fit_learner(family: str, task: str, x: np.ndarray, y: np.ndarray, params: dict, *, seed: int,
@@ -229,7 +231,7 @@ def _tune_boosting(task: str, x: np.ndarray, y: np.ndarray, folds: Folds, *, see
         learner = Learner("gbdt", task, {}, estimator, classes, scale)
         losses.append(fold_loss(task, y[held], learner.predict(x[held])))
     params = {"n_estimators": int(np.median(counts))}
-    return Tuned("gbdt", params, float(np.mean(losses)), {_text(params): float(np.mean(losses))})
+    return Tuned("gbdt", params, float(np.mean(losses)), {_text(params): float(np.mean(losses))}, tuple(losses))
 
 
 def _tuning_sample(x: np.ndarray, y: np.ndarray, folds: Folds, seed: int):

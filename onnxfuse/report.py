@@ -59,9 +59,19 @@ def format_table(report: dict, fusion: dict | None = None) -> str:
     chosen = (fusion or {}).get("chosen")
     if chosen is not None:
         scores, cv = fusion["candidates"], fusion["cv"]
-        figure = f"{cv['folds']}-fold {cv['metric'].replace('_', ' ')} {scores[chosen]:.4f}, " if scores else ""
-        lines.append(f"head: {chosen}, chosen by --meta auto ({figure}best of {len(scores)} candidates)")
+        lines.append(f"head: {chosen}, chosen by --meta auto{_choice(scores, cv, chosen)}")
     return "\n".join(lines)
+
+
+def _choice(scores: dict[str, float], cv: dict, chosen: str) -> str:
+    """How auto chose: among how many, its cross-validated loss, and the lowest when a simpler head won within
+    one standard error of it."""
+    if not scores:
+        return " (too few rows to cross-validate)"
+    metric = f"{cv['folds']}-fold {cv['metric'].replace('_', ' ')}"
+    lowest = min(scores, key=lambda name: scores[name])
+    within = "" if lowest == chosen else f"; lowest {scores[lowest]:.4f} for {lowest}, within one standard error"
+    return f" among {len(scores)} candidates ({metric} {scores[chosen]:.4f}{within})"
 
 
 def write_report(path: Path, fusion: dict) -> None:

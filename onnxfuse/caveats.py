@@ -57,7 +57,8 @@ def _below(table: dict, primary: str, metadata: dict, report: dict) -> list[dict
         if name.startswith("baseline") and values.get(primary) is not None and fused < values[primary] - MARGIN:
             found.append({"code": "below_baseline", "message": (
                 f"the fused model ({head}) is below a {name.removeprefix('baseline ')[1:-1]} trained from "
-                f"scratch on the fusion rows: {primary} {fused:.4f} vs {values[primary]:.4f}; the sources add little"
+                f"scratch on the fusion rows: {primary} {fused:.4f} vs {values[primary]:.4f}; these rows teach more "
+                "than the sources add"
             )})  # fmt: skip
     return found
 

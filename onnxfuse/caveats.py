@@ -1,7 +1,9 @@
 """What the hold-out figures say a user should know: one `warning:` line each, and a list in the report.
 
 Rules (on the hold-out table of `train.train_head`; the primary figure is accuracy
-for classification, R² for regression; a margin of MARGIN counts as noise):
+for classification, R² for regression; a gap within MARGIN — for accuracy, within
+one standard error of the fused accuracy on the hold-out rows if that is larger —
+counts as noise):
 - below: the fused model is below its best source, or below the from-scratch baseline;
 - seen: a source is near-perfect (NEAR_PERFECT, with a log loss under CONFIDENT)
   while the from-scratch baseline (else the best other source) is at least GAP below
@@ -15,6 +17,8 @@ for classification, R² for regression; a margin of MARGIN counts as noise):
 """
 
 from __future__ import annotations
+
+import math
 
 from onnxfuse.errors import warn
 
@@ -42,25 +46,32 @@ def _sources(table: dict) -> dict[str, dict]:
 
 def _below(table: dict, primary: str, metadata: dict, report: dict) -> list[dict[str, str]]:
     fused, head = table["fused"][primary], _head(metadata, report)
+    noise = _noise(primary, fused, report["rows"]["holdout"])
     other = "the default --meta auto" if report["method"] == "stack" else "--fusion stack"
     advice = "more fusion rows may help" if "chosen" in metadata else f"try {other}, or more fusion rows"
     found = []
     scored = {name: v[primary] for name, v in _sources(table).items() if v.get(primary) is not None}
     if scored:
         best = max(scored, key=lambda name: scored[name])
-        if fused < scored[best] - MARGIN:
+        if fused < scored[best] - noise:
             found.append({"code": "below_best_source", "message": (
                 f"the fused model ({head}) is below its best source on the hold-out: {primary} {fused:.4f} "
                 f"vs {scored[best]:.4f} for {best}; {advice}"
             )})  # fmt: skip
     for name, values in table.items():
-        if name.startswith("baseline") and values.get(primary) is not None and fused < values[primary] - MARGIN:
+        if name.startswith("baseline") and values.get(primary) is not None and fused < values[primary] - noise:
             found.append({"code": "below_baseline", "message": (
                 f"the fused model ({head}) is below a {name.removeprefix('baseline ')[1:-1]} trained from "
                 f"scratch on the fusion rows: {primary} {fused:.4f} vs {values[primary]:.4f}; these rows teach more "
                 "than the sources add"
             )})  # fmt: skip
     return found
+
+
+def _noise(primary: str, fused: float, rows: int) -> float:
+    if primary != "accuracy" or rows < 1:
+        return MARGIN
+    return max(MARGIN, math.sqrt(fused * (1 - fused) / rows))
 
 
 def _seen(table: dict, primary: str) -> list[dict[str, str]]:

@@ -64,14 +64,10 @@ def format_table(report: dict, fusion: dict | None = None) -> str:
 
 
 def _choice(scores: dict[str, float], cv: dict, chosen: str) -> str:
-    """How auto chose: among how many, its cross-validated loss, and the lowest when a simpler head won within
-    one standard error of it."""
+    """How auto chose: among how many candidates, and the chosen head's cross-validated loss (the lowest)."""
     if not scores:
         return " (too few rows to cross-validate)"
-    metric = f"{cv['folds']}-fold {cv['metric'].replace('_', ' ')}"
-    lowest = min(scores, key=lambda name: scores[name])
-    within = "" if lowest == chosen else f"; lowest {scores[lowest]:.4f} for {lowest}, within one standard error"
-    return f" among {len(scores)} candidates ({metric} {scores[chosen]:.4f}{within})"
+    return f" among {len(scores)} candidates ({cv['folds']}-fold {cv['metric'].replace('_', ' ')} {scores[chosen]:.4f})"
 
 
 def write_report(path: Path, fusion: dict) -> None:

@@ -7,12 +7,12 @@ sources' signals, without and — where column features exist and there are at
 least PASSTHROUGH_ROWS rows per column — with the raw features (`--passthrough`
 keeps only the heads that read them). Every candidate is scored on the same
 seeded folds of the rows it is given by mean log loss (squared error), each
-learner at its own best setting. The winner is the first candidate in that order
-(simpler heads first) whose loss is within one standard error of the lowest — the
-error of the paired per-fold differences, the "one standard error" rule: a stack
-that beats the true model by noise on the folds loses to it on new rows. A source
-alone is a candidate, so the choice is, up to noise, never worse than the best
-source. The choice and every candidate's mean loss go to the metadata.
+learner at its own best setting; the lowest wins, the earlier on ties (simpler
+heads come first). A source alone is a candidate, so the choice is, up to noise,
+never worse than the best source (a one-standard-error rule that preferred simpler
+heads chose worse on the real tables of benchmarks/fusion_quality.py: breast_cancer
+0.917 vs 0.927, natural_scales 0.735 vs 0.748, diabetes R² 0.489 vs 0.500).
+The choice and every candidate's mean loss go to the metadata.
 """
 
 from __future__ import annotations
@@ -112,22 +112,10 @@ def choose(signals: Signals, features: np.ndarray | None, target: np.ndarray, sp
     for number, candidate in enumerate(candidates, start=1):
         progress.stage(f"cross-validating head {number}/{len(candidates)}: {candidate.name}")
         per_fold[candidate.name] = np.asarray(candidate.score(splits), dtype=np.float64)
-    best = _within_one_error(candidates, per_fold)
-    progress.stage(f"fitting the chosen head: {best.name}")
     scores = {name: float(np.mean(losses)) for name, losses in per_fold.items()}
+    best = min(candidates, key=lambda c: scores[c.name])
+    progress.stage(f"fitting the chosen head: {best.name}")
     return Chosen(best.fit(), best.name, scores, metric, len(splits))
-
-
-def _within_one_error(candidates: Sequence[Candidate], per_fold: dict[str, np.ndarray]) -> Candidate:
-    """The first candidate whose mean fold loss exceeds the lowest by at most the standard error of their
-    per-fold differences."""
-    lowest = per_fold[min(candidates, key=lambda c: float(np.mean(per_fold[c.name]))).name]
-    for candidate in candidates:
-        difference = per_fold[candidate.name] - lowest
-        error = float(np.std(difference, ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
-        if float(np.mean(difference)) <= error:
-            return candidate
-    raise AssertionError("the lowest candidate is within its own error")
 
 
 def _candidates(signals: Signals, features, y: np.ndarray, space: LabelSpace, spec) -> list[Candidate]:

@@ -58,14 +58,21 @@ def _below(table: dict, primary: str, metadata: dict, report: dict) -> list[dict
                 f"the fused model ({head}) is below its best source on the hold-out: {primary} {fused:.4f} "
                 f"vs {scored[best]:.4f} for {best}; {advice}"
             )})  # fmt: skip
-    for name, values in table.items():
-        if name.startswith("baseline") and values.get(primary) is not None and fused < values[primary] - noise:
-            found.append({"code": "below_baseline", "message": (
-                f"the fused model ({head}) is below a {name.removeprefix('baseline ')[1:-1]} trained from "
-                f"scratch on the fusion rows: {primary} {fused:.4f} vs {values[primary]:.4f}; these rows teach more "
-                "than the sources add"
-            )})  # fmt: skip
+    baseline = _baseline(table, primary)
+    if baseline is not None and fused < baseline[1] - noise:
+        found.append({"code": "below_baseline", "message": (
+            f"the fused model ({head}) is below a {baseline[0]} trained from scratch on the fusion rows: "
+            f"{primary} {fused:.4f} vs {baseline[1]:.4f}; these rows teach more than the sources add"
+        )})  # fmt: skip
     return found
+
+
+def _baseline(table: dict, primary: str) -> tuple[str, float] | None:
+    """The from-scratch baseline's family (`baseline (gbdt on raw features)` -> `gbdt`) and figure, if scored."""
+    for name, values in table.items():
+        if name.startswith("baseline") and values.get(primary) is not None:
+            return name.removeprefix("baseline (").split(" on raw features")[0], values[primary]
+    return None
 
 
 def _noise(primary: str, fused: float, rows: int) -> float:
@@ -93,10 +100,9 @@ def _seen(table: dict, primary: str) -> list[dict[str, str]]:
 def _reference(table: dict, name: str, primary: str) -> tuple[str, float] | None:
     """What a near-perfect source is held against: the from-scratch baseline (it saw every feature of these rows;
     an honest source trained on other rows can match it, not beat it by far), else the best other source."""
-    for other, values in table.items():
-        if other.startswith("baseline") and values.get(primary) is not None:
-            family = other.removeprefix("baseline ").strip("()").replace(" on raw features", "")
-            return f"a {family} from scratch", values[primary]
+    baseline = _baseline(table, primary)
+    if baseline is not None:
+        return f"a {baseline[0]} from scratch", baseline[1]
     others = {n: v[primary] for n, v in _sources(table).items() if n != name and v.get(primary) is not None}
     best = max(others, key=lambda n: others[n], default=None)
     return None if best is None else (best, others[best])

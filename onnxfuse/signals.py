@@ -33,7 +33,7 @@ class Signals:
 
     per_model: tuple[np.ndarray, ...]
     meta_columns: tuple[tuple[int, ...], ...]
-    probabilities: tuple[bool, ...] = ()
+    probabilities: tuple[bool, ...]
 
     def take(self, rows: np.ndarray) -> Signals:
         return Signals(tuple(s[rows] for s in self.per_model), self.meta_columns, self.probabilities)

@@ -140,7 +140,7 @@ def _candidates(signals: Signals, features, y: np.ndarray, space: LabelSpace, sp
 
 def _predicts_target(signals: Signals, m: int, task: str) -> bool:
     """A classifier of the target's classes, or a regressor of a regression target."""
-    probability = signals.probabilities[m] if signals.probabilities else False
+    probability = signals.probabilities[m]
     return probability if task == "classification" else not probability and signals.per_model[m].shape[1] == 1
 
 

@@ -139,15 +139,11 @@ def meta_matrix(signals: Signals, features: np.ndarray | None) -> np.ndarray:
     (probabilities as log-odds or log-probabilities), then the raw features."""
     blocks = [
         _log_odds(s[:, list(cols)]) if probability else s[:, list(cols)]
-        for s, cols, probability in zip(signals.per_model, signals.meta_columns, _flags(signals))
+        for s, cols, probability in zip(signals.per_model, signals.meta_columns, signals.probabilities)
     ]
     if features is not None:
         blocks.append(np.asarray(features, dtype=np.float32))
     return np.concatenate(blocks, axis=1).astype(np.float32)
-
-
-def _flags(signals: Signals) -> tuple[bool, ...]:
-    return signals.probabilities or (False,) * len(signals.per_model)
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:

@@ -35,7 +35,8 @@ class Vote(Fusion):
 
     def fit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace, spec) -> Mixture:
         smoothed = tuple((1 - VOTE_SMOOTHING) * s + VOTE_SMOOTHING / s.shape[1] for s in signals.per_model)
-        return fixed_weights(Signals(smoothed, signals.meta_columns), class_indices(target, space.classes), space.task)
+        votes = Signals(smoothed, signals.meta_columns, signals.probabilities)
+        return fixed_weights(votes, class_indices(target, space.classes), space.task)
 
     def untrained(self, count: int) -> Mixture:
         return equal_weights(count)

@@ -11,10 +11,22 @@ each source alone, a hand-made stack (StandardScaler + LogisticRegression on the
 probabilities, or RidgeCV on their predictions, fitted on the merge rows), the better of
 logistic/ridge and HistGradientBoosting trained from scratch on the merge rows, and the same
 trained on all non-test rows (the upper bound). Figures are means over the repetitions, `±` the
-standard deviation across them. Output: markdown tables, then the goals with PASS/FAIL:
+standard deviation across them. Output: markdown tables, then the goals with PASS/FAIL.
+
+Missing feature groups (issue 12; `--no-missing` skips it): every head is also run on the test rows
+in each availability pattern, "only A" (B's columns NaN), "only B" (A's columns NaN) and "all",
+next to A alone and B alone (each source's own file on its own columns, which the blanking does
+not touch) and, for "all", the same head merged with `FuseSpec(availability=False)` (the head as
+before availability handling: no masks, no source dropout; one more merge per head). Goals,
+PASS/MISS on the means over the repetitions: only A: fused >= A alone - 0.005; only B: fused >=
+B alone - 0.005; all: fused >= the head without availability - 0.005 (accuracy and ROC AUC, or
+R²). `--missing F` also blanks, seeded, F of the merge rows' A columns and another F of their B
+columns in the merge's `--data` (training with missing groups; the hand stack and the
+from-scratch models still see the complete rows).
 
     python benchmarks/fusion_quality.py                       # every data set and head, 3 repetitions
     python benchmarks/fusion_quality.py --reps 1 --datasets wine,diabetes --heads default,gate
+    python benchmarks/fusion_quality.py --reps 1 --datasets wine --missing 0.2
 """
 
 from __future__ import annotations
@@ -40,12 +52,16 @@ from real_data import DATASETS, DataSet, Rows, Source
 
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.heads import METAS
-from onnxfuse.pipeline import merge
+from onnxfuse.pipeline import FuseResult, merge
 from onnxfuse.spec import FuseSpec, ModelSpec
 
 SOURCE_SLACK = 0.005  # goal: the default head is at most this far below the better source
 STACK_SLACK = 0.01  # ... and this far below the hand-made stack
 HEAD_SLACK = 0.03  # no head further than this below the better source
+MISSING_SLACK = 0.005  # missing groups: fused at most this below the source alone / the head without availability
+MISSING_METRICS = {"classification": ("accuracy", "roc_auc"), "regression": ("r2",)}
+PATTERNS = ("only A", "only B", "all")
+NO_AVAILABILITY = "without availability"  # the label suffix of the head merged with availability=False
 METRICS = {
     "classification": (("accuracy", "accuracy", True), ("log_loss", "log loss", False), ("roc_auc", "ROC AUC", True)),
     "regression": (("r2", "R²", True), ("rmse", "RMSE", False)),
@@ -181,10 +197,28 @@ def fused_outputs(path: Path, frame: pd.DataFrame, task: str) -> tuple[np.ndarra
     return proba, np.asarray(out["label"]).astype(np.int64)
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the command line asks of every repetition beyond the heads."""
+
+    missing: float = 0.0  # share of the merge rows whose A columns are blanked (and another share: B's)
+    patterns: bool = True  # the missing-group table: test rows per availability pattern, heads without availability
+
+
+@dataclasses.dataclass
+class Missing:
+    """The missing-group figures of one data set over the repetitions."""
+
+    rows: dict[str, Row] = dataclasses.field(default_factory=dict)  # "head label|pattern" -> scores
+    trained: dict[str, list[dict]] = dataclasses.field(default_factory=dict)  # head label -> per rep `rows` report
+
+
 def repetition(data: DataSet, frame: pd.DataFrame, y: np.ndarray, rep: int, chosen: Sequence[Head],
-               rows: dict[str, Row], folder: Path, caught: dict[str, list]) -> Rows:  # fmt: skip
+               rows: dict[str, Row], folder: Path, caught: dict[str, list], options: Options,
+               missing: Missing) -> Rows:  # fmt: skip
     """Split, train and export the sources, fit the comparison models, merge every head and score all of
-    them on the external test rows; each result is appended to its row in `rows`."""
+    them on the external test rows; each result is appended to its row in `rows` (the missing-group
+    figures to `missing`)."""
     task = data.task
     split = real_data.split(y, rep, stratify=task == "classification")
     x = frame.to_numpy(np.float64)
@@ -209,43 +243,96 @@ def repetition(data: DataSet, frame: pd.DataFrame, y: np.ndarray, rep: int, chos
                 model.fit(x[train], y[train])
             _add(rows, f"{title}|{name}", scores(task, test_y, predicted(model, task, x[split.test])))
     data_path = folder / "joint.parquet"
-    frame.iloc[split.merge].assign(y=y[split.merge]).to_parquet(data_path, index=False)
-    test_frame = frame.iloc[split.test]
+    merge_frame = blank_groups(frame.iloc[split.merge], [s.columns for s in sources], options.missing, rep)
+    merge_frame.assign(y=y[split.merge]).to_parquet(data_path, index=False)
+    frames = pattern_frames(frame.iloc[split.test], sources)
     for head in chosen:
-        _merge_head(head, sources, paths, data_path, test_frame, test_y, task, rep, rows, folder, caught)
+        row = rows.setdefault(head.label, Row(head.label))
+        fitted = _merge_head(head, sources, paths, data_path, rep, row, folder, caught)
+        if fitted is not None:
+            output, result = fitted
+            for pattern, test_frame in frames.items() if options.patterns else [("all", frames["all"])]:
+                target = row if pattern == "all" else missing.rows.setdefault(f"{head.label}|{pattern}", Row(pattern))
+                _score(target, task, test_y, *fused_outputs(output, test_frame, task))
+            missing.trained.setdefault(head.label, []).append(result.fusion.get("holdout", {}).get("rows", {}))
+            output.unlink()
+        if not options.patterns:
+            continue
+        plain_label = f"{head.label} {NO_AVAILABILITY}"
+        plain = rows.setdefault(plain_label, Row(plain_label))
+        fitted = _merge_head(head, sources, paths, data_path, rep, plain, folder, caught, availability=False)
+        if fitted is not None:
+            output, result = fitted
+            for pattern, test_frame in frames.items():
+                target = missing.rows.setdefault(f"{plain_label}|{pattern}", Row(pattern))
+                _score(target, task, test_y, *fused_outputs(output, test_frame, task))
+            missing.trained.setdefault(plain_label, []).append(result.fusion.get("holdout", {}).get("rows", {}))
+            output.unlink()
     return split
 
 
-def _merge_head(head: Head, sources: Sequence[Source], paths: Sequence[Path], data_path: Path,
-                test_frame: pd.DataFrame, test_y: np.ndarray, task: str, rep: int, rows: dict[str, Row],
-                folder: Path, caught: dict[str, list]) -> None:  # fmt: skip
-    """One head's merge and its test-row scores; a refusal is the row's note, warnings are collected."""
-    row = rows.setdefault(head.label, Row(head.label))
-    output = folder / f"fused_{head.key}.onnx"
+def blank_groups(frame: pd.DataFrame, groups: Sequence[Sequence[str]], share: float, seed: int) -> pd.DataFrame:
+    """`frame` with, seeded, `share` of its rows' first group set to NaN and another (disjoint) `share`'s second."""
+    if share <= 0:
+        return frame
+    rng = np.random.default_rng(seed * 1000 + 12)
+    order = rng.permutation(len(frame))
+    count = round(share * len(frame))
+    blanked = frame.copy()
+    for i, group in enumerate(groups):
+        blanked.iloc[order[i * count : (i + 1) * count], [frame.columns.get_loc(c) for c in group]] = np.nan
+    return blanked
+
+
+def pattern_frames(test: pd.DataFrame, sources: Sequence[Source]) -> dict[str, pd.DataFrame]:
+    """The test rows in each availability pattern: only A (B's columns NaN), only B (A's NaN), all."""
+    found = {}
+    for pattern, blank in (("only A", sources[1]), ("only B", sources[0])):
+        frame = test.copy()
+        frame.loc[:, list(blank.columns)] = np.nan
+        found[pattern] = frame
+    return {**found, "all": test}
+
+
+def _score(row: Row, task: str, y: np.ndarray, values: np.ndarray, label: np.ndarray | None) -> None:
+    """The scores of one repetition, or, when some output is not finite, the share of such rows as an error."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        row.errors.append(f"non-finite output on {bad.mean():.0%} of the rows")
+    else:
+        row.runs.append(scores(task, y, values, label))
+
+
+def _merge_head(head: Head, sources: Sequence[Source], paths: Sequence[Path], data_path: Path, rep: int, row: Row,
+                folder: Path, caught: dict[str, list], *,
+                availability: bool = True) -> tuple[Path, FuseResult] | None:  # fmt: skip
+    """One head's merge: the fused file and the merge's result, or None when refused (the row's note);
+    warnings are collected. `availability=False`: the same head without availability handling."""
+    output = folder / f"fused_{head.key}{'' if availability else '_plain'}.onnx"
+    extra = {} if availability else {"availability": False}
     spec = FuseSpec(
         models=tuple(ModelSpec(path, s.columns) for path, s in zip(paths, sources)),
-        output=output, data=data_path, target="y", seed=rep, **head.options,
+        output=output, data=data_path, target="y", seed=rep, **head.options, **extra,
     )  # fmt: skip
     start = time.perf_counter()
+    key = head.key if availability else f"{head.key} {NO_AVAILABILITY}"
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         try:
             result = merge(spec)
         except OnnxfuseError as exc:
             row.errors.append(f"refused: {_one_line(exc)}")
-            return
+            return None
         except Exception as exc:  # an internal failure: report it, go on with the other heads
             row.errors.append(f"failed ({type(exc).__name__}): {_one_line(exc)}")
-            return
+            return None
         finally:
             row.seconds.append(time.perf_counter() - start)
             for w in seen:
-                _catch(caught, f"{w.category.__name__}: {_one_line(w.message)}", head.key)
+                _catch(caught, f"{w.category.__name__}: {_one_line(w.message)}", key)
     if "chosen" in result.fusion:
         row.notes.append(str(result.fusion["chosen"]))
-    values, label = fused_outputs(output, test_frame, task)
-    row.runs.append(scores(task, test_y, values, label))
-    output.unlink()
+    return output, result
 
 
 def _catch(caught: dict[str, list], message: str, key: str) -> None:
@@ -379,39 +466,169 @@ def goals(data: DataSet, rows: dict[str, Row], chosen: Sequence[Head], hand_labe
     )  # fmt: skip
 
 
+# ---- missing feature groups ----
+
+METRIC_NAMES = {key: name for task in METRICS.values() for key, name, _ in task}
+
+
+def _reference(pattern: str, head: Head, sources: Sequence[str], rows: dict[str, Row], missing: Missing) -> Row:
+    """What the fused head is held to in `pattern`: A alone, B alone, or the same head without availability."""
+    if pattern == "all":
+        return missing.rows.get(f"{head.label} {NO_AVAILABILITY}|all", Row("all"))
+    return rows[sources[PATTERNS.index(pattern)]]
+
+
+def _fused(pattern: str, head: Head, rows: dict[str, Row], missing: Missing) -> Row:
+    return rows[head.label] if pattern == "all" else missing.rows.get(f"{head.label}|{pattern}", Row(pattern))
+
+
+def _mcell(row: Row, metric: str, reps: int) -> str:
+    """A mean ±sd, and why some repetitions have none (a refusal, non-finite outputs)."""
+    text = cell(row, metric)
+    if row.errors:
+        prefix = "" if len(row.errors) == reps else f"{len(row.errors)} of {reps} reps: "
+        text = (text + " " if text else "") + f"({prefix}{'; '.join(dict.fromkeys(row.errors))})".replace("|", "/")
+    return text
+
+
+def _delta(fused: Row, reference: Row, metric: str) -> float:
+    if fused.errors or reference.errors or not fused.runs or not reference.runs:
+        return float("nan")
+    return fused.mean(metric) - reference.mean(metric)
+
+
+def missing_tables(task: str, chosen: Sequence[Head], sources: Sequence[str], rows: dict[str, Row],
+                   missing: Missing, reps: int) -> list[str]:  # fmt: skip
+    """Per metric: every head on the test rows of each pattern next to what it is held to, and the same head
+    without availability handling (NaN propagating; trained as before) on the same rows."""
+    lines = []
+    for metric in MISSING_METRICS[task]:
+        heading = ["head", "only A: fused", "A alone", "Δ", NO_AVAILABILITY, "only B: fused", "B alone", "Δ",
+                   NO_AVAILABILITY, "all: fused", NO_AVAILABILITY, "Δ", "merge s with / without", "note"]  # fmt: skip
+        lines += [f"{METRIC_NAMES[metric]}:", "", "| " + " | ".join(heading) + " |",
+                  "|---|" + "---:|" * (len(heading) - 2) + "---|"]  # fmt: skip
+        for head in chosen:
+            cells = [head.label]
+            for pattern in PATTERNS:
+                fused, reference = _fused(pattern, head, rows, missing), _reference(pattern, head, sources, rows,
+                                                                                     missing)  # fmt: skip
+                delta = _delta(fused, reference, metric)
+                cells += [_mcell(fused, metric, reps), _mcell(reference, metric, reps),
+                          "" if np.isnan(delta) else f"{delta:+.4f}"]  # fmt: skip
+                if pattern != "all":
+                    plain = missing.rows.get(f"{head.label} {NO_AVAILABILITY}|{pattern}", Row(pattern))
+                    cells.append(_mcell(plain, metric, reps))
+            both = [rows.get(label, Row(label)) for label in (head.label, f"{head.label} {NO_AVAILABILITY}")]
+            cells.append(" / ".join(f"{statistics.fmean(r.seconds):.1f}" if r.seconds else "-" for r in both))
+            chose = [", ".join(r.notes) for r in both]
+            cells.append(f"chose: {chose[0]} / {chose[1]}" if any(chose) else "")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def trained_line(chosen: Sequence[Head], missing: Missing) -> str:
+    """The merge's training rows (first repetition, first head): per availability pattern, and those skipped
+    with and without availability handling."""
+    head = chosen[0]
+    with_ = (missing.trained.get(head.label) or [{}])[0]
+    without = (missing.trained.get(f"{head.label} {NO_AVAILABILITY}") or [{}])[0]
+    return (
+        f"Merge rows (repetition 1, {head.label}): {with_.get('train', '?')} train + {with_.get('holdout', '?')} "
+        f"hold-out, {with_.get('skipped_not_finite', '?')} skipped, patterns {json.dumps(with_.get('patterns'))}; "
+        f"{NO_AVAILABILITY}: {without.get('train', '?')} train + {without.get('holdout', '?')} hold-out, "
+        f"{without.get('skipped_not_finite', '?')} skipped."
+    )
+
+
+def missing_goals(name: str, task: str, chosen: Sequence[Head], sources: Sequence[str], rows: dict[str, Row],
+                  missing: Missing) -> list[tuple[str, str]]:  # fmt: skip
+    """The goal lines (verdict, text): per pattern and metric, every head at most MISSING_SLACK below what it is
+    held to, on the means over the repetitions; a head refused, failed or non-finite in any repetition misses."""
+    found = []
+    held_to = {"only A": "A alone", "only B": "B alone", "all": f"the same head {NO_AVAILABILITY}"}
+    for pattern in PATTERNS:
+        for metric in MISSING_METRICS[task]:
+            below, unjudged, deltas = [], [], []
+            for head in chosen:
+                fused, reference = _fused(pattern, head, rows, missing), _reference(pattern, head, sources, rows,
+                                                                                     missing)  # fmt: skip
+                if fused.errors or not fused.runs:
+                    below.append(f"{head.key} (failed or non-finite)")
+                    continue
+                delta = _delta(fused, reference, metric)
+                if np.isnan(delta):
+                    unjudged.append(head.key)
+                    continue
+                deltas.append((delta, head.key))
+                if delta < -MISSING_SLACK:
+                    below.append(f"{head.key} {delta:+.4f}")
+            judged = len(chosen) - len(unjudged)
+            text = (f"{name} {pattern}, {METRIC_NAMES[metric]}: fused >= {held_to[pattern]} - {MISSING_SLACK}: "
+                    f"{judged - len(below)} of {judged} heads")  # fmt: skip
+            if deltas:
+                low = min(deltas)
+                text += f" (lowest Δ {low[0]:+.4f}, {low[1]})"
+            if below:
+                text += "; below: " + ", ".join(below)
+            if unjudged:
+                text += "; no reference for: " + ", ".join(unjudged)
+            found.append(("MISS" if below else "PASS", text))
+    return found
+
+
 # ---- the driver ----
 
 
-def run_dataset(data: DataSet, reps: int, keys: set[str] | None, folder: Path) -> tuple[list[str], Goals | None]:
-    """Every repetition of one data set: its markdown section and its goals."""
+def run_dataset(data: DataSet, reps: int, keys: set[str] | None, folder: Path,
+                options: Options) -> tuple[list[str], Goals | None, list[tuple[str, str]]]:  # fmt: skip
+    """Every repetition of one data set: its markdown section, its goals and its missing-group goal lines."""
     frame, y = data.load()
     chosen = [h for h in heads(data.task) if keys is None or h.key in keys]
     rows: dict[str, Row] = {}
+    missing = Missing()
     caught: dict[str, list] = {}
     start = time.perf_counter()
     for rep in range(reps):
         print(f"  {data.name} rep {rep + 1}/{reps} ...", file=sys.stderr, flush=True)
         sub = folder / f"{data.name}_{rep}"
         sub.mkdir()
-        split = repetition(data, frame, y, rep, chosen, rows, sub, caught)
+        split = repetition(data, frame, y, rep, chosen, rows, sub, caught, options, missing)
     seconds = time.perf_counter() - start
     hand_label = next(key for key in rows if key.startswith("hand stack"))
-    ordered = [rows[k] for k in rows if k.startswith("source ")] + [rows[hand_label]]
+    sources = [k for k in rows if k.startswith("source ")]
+    ordered = [rows[k] for k in sources] + [rows[hand_label]]
     ordered += [better_of(rows, "from scratch on merge rows", data.task)]
     ordered += [better_of(rows, "all features, all non-test rows", data.task)]
     ordered += [rows[h.label] for h in chosen]
     classes = f", {len(np.unique(y))} classes" if data.task == "classification" else ""
+    blanked = (
+        f" In the merge's `--data`, {options.missing:.0%} of the rows have A's columns NaN and another "
+        f"{options.missing:.0%} B's (`--missing`); the hand stack and the from-scratch models see them complete."
+        if options.missing > 0 else ""
+    )  # fmt: skip
     lines = [
         f"### {data.name}", "",
         f"{data.why}. {len(y)} rows, {frame.shape[1]} features{classes}; per repetition {len(split.a)} train A, "
         f"{len(split.b)} train B, {len(split.merge)} merge rows (`--data`, 20 % of them the merge's own hold-out), "
-        f"{len(split.test)} external test rows; {reps} repetitions, {seconds:.0f} s.", "",
+        f"{len(split.test)} external test rows; {reps} repetitions, {seconds:.0f} s.{blanked}", "",
         *table(data.task, ordered, reps),
     ]  # fmt: skip
+    found = []
+    if options.patterns and chosen:
+        lines += [
+            "", f"#### {data.name}: missing feature groups", "",
+            "The external test rows in each availability pattern (only A: B's columns NaN; only B: A's NaN; all), "
+            "the fused file in onnxruntime; A alone / B alone: each source's own file on its own columns; "
+            f"'{NO_AVAILABILITY}': the same head merged with `FuseSpec(availability=False)`.", "",
+            trained_line(chosen, missing), "",
+            *missing_tables(data.task, chosen, sources, rows, missing, reps),
+        ]  # fmt: skip
+        found = missing_goals(data.name, data.task, chosen, sources, rows, missing)
     if caught:
         lines += ["", "Warnings during the merges (first wording, count, heads):"]
         lines += [f"- {text} (×{count}: {', '.join(sorted(keys_))})" for text, count, keys_ in caught.values()]
-    return [*lines, ""], goals(data, rows, chosen, hand_label) if chosen else None
+    return [*lines, ""], goals(data, rows, chosen, hand_label) if chosen else None, found
 
 
 def summary(found: Sequence[Goals]) -> list[str]:
@@ -452,25 +669,38 @@ def main() -> int:
     parser.add_argument("--datasets", help=f"comma-separated subset of: {', '.join(DATASETS)}")
     parser.add_argument("--heads", help="comma-separated subset of: " + ", ".join(
         dict.fromkeys(h.key for task in METRICS for h in heads(task))))  # fmt: skip
+    parser.add_argument("--no-missing", action="store_true", help="skip the missing-group table (and its merges)")
+    parser.add_argument(
+        "--missing", type=float, default=0.0, metavar="FRACTION",
+        help="blank this share of the merge rows' A columns and another share's B columns (0 to 0.5; default 0)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if not 0 <= args.missing <= 0.5:
+        parser.error("--missing must be in [0, 0.5]")
+    options = Options(args.missing, not args.no_missing)
     names = _selection(args.datasets, list(DATASETS), "data sets") or list(DATASETS)
     keys = _selection(args.heads, list(dict.fromkeys(h.key for task in METRICS for h in heads(task))), "heads")
     start = time.perf_counter()
     print(f"command: `{shlex.join(['python', *sys.argv])}` (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})  ")
     print(f"heads: METAS = {', '.join(METAS)}; figures: mean ±sd over the repetitions, on the external test rows\n")
-    found = []
+    found, missing_found = [], []
     with tempfile.TemporaryDirectory(prefix="fusion_quality_") as tmp:
         for name in names:
             data = DATASETS[name]
             if data.needs and not _importable(data.needs):
                 print(f"### {name}\n\nskipped: `{data.needs}` is not importable.\n")
                 continue
-            lines, goal = run_dataset(data, args.reps or data.reps, set(keys) if keys is not None else None, Path(tmp))
+            chosen = set(keys) if keys is not None else None
+            lines, goal, missing_goal = run_dataset(data, args.reps or data.reps, chosen, Path(tmp), options)
             print("\n".join(lines), flush=True)
             if goal is not None:
                 found.append(goal)
+            missing_found += missing_goal
     if found:
         print("\n".join(summary(found)))
+    if missing_found:
+        print("\n### Goals: missing feature groups\n")
+        print("\n".join(f"- {verdict}  {text}" for verdict, text in missing_found))
     print(f"\nrun time: {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -4,8 +4,10 @@ Rules: with a target the label space is the target's (sources are matched to its
 classes by label value), else what the sources agree on; a `probabilities`
 output must hold distributions on the scored rows, else it is read as scores
 (stack) or refused; the head is `heads.fusion(spec.fusion)`; the file's outputs are
-the contract's `label` + `probabilities` (classification) or `prediction`, and
-with `keep_model_outputs` every source output as `m{i}/<name>`. In place: the
+the contract's `label` + `probabilities` (classification) or `prediction`, with
+`explain` also `available`, `source_effects` (and a mixture's `weights`, see
+`explain`), and with `keep_model_outputs` every source output as `m{i}/<name>`.
+The head reads which sources are available on each row (`availability`). In place: the
 stage takes over `spliced.model`; the sources are never touched.
 """
 
@@ -19,19 +21,21 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfuse import progress
+from onnxfuse.availability import graph_available, source_columns
 from onnxfuse.bind import Binding
 from onnxfuse.errors import OnnxfuseError, warn
+from onnxfuse.explain import explained
 from onnxfuse.feeds import Labelled
 from onnxfuse.heads import fusion as chosen_fusion
-from onnxfuse.heads.base import KINDS, Fusion, Head, LabelSpace, unlabeled_scores
+from onnxfuse.heads.base import KINDS, Fusion, Head, HeadInputs, LabelSpace, float_features, unlabeled_scores
 from onnxfuse.normalize import NormalizedModel, Versions
 from onnxfuse.roles import Classes, OutputRole, distribution_problem, output_role, scores_refusal
-from onnxfuse.signals import graph_signals, numpy_signals, numpy_votes, scored_outputs
+from onnxfuse.signals import graph_signals, graph_votes, numpy_signals, numpy_votes, scored_outputs
 from onnxfuse.spec import FuseSpec
 from onnxfuse.splice import Spliced
-from onnxfuse.support import BATCH_DIM, add_constant, add_node, class_array
+from onnxfuse.support import BATCH_DIM, FEATURES, add_constant, add_node, class_array
 
-CONTRACT_OUTPUTS = ("label", "probabilities", "prediction")
+CONTRACT_OUTPUTS = ("label", "probabilities", "prediction", "available", "source_effects", "weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,20 +67,42 @@ def fuse(
     fusion.check_sources(roles, space.task)
     if labelled is None:
         roles = _checked_roles(roles, _sources_alone(models, roles, binding, feeds), fusion)
-        head, report = fusion.untrained(len(models)), None
+        head, report = fusion.untrained(len(models), space), None
     else:
-        head, report, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder)
-    graph = spliced.model.graph
-    signals = graph_signals(graph, spliced.outputs, roles, space.classes, votes=fusion.votes)
-    _contract_outputs(graph, head.build(spliced.model, signals, space, versions), space)
+        head, report, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, binding)
+    inputs = _head_inputs(spliced, roles, space, binding, spec, votes=fusion.votes, features=head.uses_features)
+    if spec.explain:
+        outputs = explained(spliced.model, head, inputs, space, versions)
+    else:
+        outputs = head.build(spliced.model, inputs, space, versions)
+        outputs.pop("weights", None)  # a mixture's per-row weights are an --explain output
+    _contract_outputs(spliced.model.graph, outputs, space, len(models))
     if spec.keep_model_outputs:
-        for outputs in spliced.outputs:
-            graph.outputs.extend(v for v in outputs.values() if v not in graph.outputs)
+        graph = spliced.model.graph
+        for kept in spliced.outputs:
+            graph.outputs.extend(v for v in kept.values() if v not in graph.outputs)
     metadata = {"method": fusion.name, **head.metadata(), **({"holdout": report} if report is not None else {})}
+    if spec.explain:
+        metadata["explain"] = [name for name in CONTRACT_OUTPUTS[3:] if name in outputs]
     return Fused(spliced.model, space, head, metadata)
 
 
-def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: FuseSpec, folder):
+def _head_inputs(spliced: Spliced, roles, space: LabelSpace, binding: Binding, spec: FuseSpec, *, votes: bool,
+                 features: bool) -> HeadInputs:  # fmt: skip
+    """The sources' signals (or votes), which are available on each row, and the float features if the head reads
+    them."""
+    graph = spliced.model.graph
+    signals = graph_signals(graph, spliced.outputs, roles, space.classes)
+    available = None
+    if spec.availability:
+        packed = next((v for v in graph.inputs if v.name == FEATURES), None)
+        available = graph_available(graph, packed, len(binding.features), source_columns(binding), signals)
+    if votes:
+        signals = graph_votes(graph, spliced.outputs, roles, space.classes, signals)
+    return HeadInputs(signals, available, float_features(graph) if features else None)
+
+
+def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: FuseSpec, folder, binding: Binding):
     """Score the sources on the labelled rows, check their probabilities, fit and report the head."""
     from onnxfuse.score import score  # onnxruntime is imported where sources are scored
     from onnxfuse.train import train_head  # so are scikit-learn and scipy
@@ -86,7 +112,9 @@ def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: F
     scores = score(spliced.model, wanted, labelled.feeds, folder=folder,
                    progress=lambda done: progress.rows(done, labelled.rows))  # fmt: skip
     roles = _checked_roles(roles, scores, fusion)
-    signals = numpy_signals(scores, roles, labelled.classes)
+    columns = source_columns(binding) if spec.availability else None
+    signals = numpy_signals(scores, roles, labelled.classes, features=labelled.feeds.get(FEATURES),
+                            feature_columns=columns)  # fmt: skip
     head_signals = numpy_votes(signals, scores, labelled.classes) if fusion.votes else signals
     names = [(f"m{m.source.index} {m.source.name}", _reading(r, labelled)) for m, r in zip(models, roles)]
     head, report = train_head(fusion, signals, head_signals, labelled, spec, names=names)
@@ -181,23 +209,22 @@ def _distributions_read_as_such(role: OutputRole, values: np.ndarray) -> OutputR
     return dataclasses.replace(role, form="probabilities")
 
 
-def _contract_outputs(graph: ir.Graph, outputs: dict[str, ir.Value], space: LabelSpace) -> None:
+def _contract_outputs(graph: ir.Graph, outputs: dict[str, ir.Value], space: LabelSpace, sources: int) -> None:
     """Name and type the head's outputs as the contract says; `label` is the argmax class (first on ties)."""
     if "prediction" in outputs:
         _contract_output(graph, outputs["prediction"], "prediction", ir.DataType.FLOAT, [BATCH_DIM])
-        return
-    probabilities = outputs["probabilities"]
-    label = outputs.get("label")
-    if label is None:
+    else:
+        probabilities = outputs["probabilities"]
         _contract_output(graph, probabilities, "probabilities", ir.DataType.FLOAT, [BATCH_DIM, len(space.classes)])
         index = add_node(graph, "ArgMax", [probabilities], {"axis": 1, "keepdims": 0}, "label_index")
         table = add_constant(graph, "label_classes", class_array(space.classes))
         label = add_node(graph, "Gather", [table, index], {"axis": 0}, "label")
         dtype = ir.DataType.STRING if class_array(space.classes).dtype == object else ir.DataType.INT64
         _contract_output(graph, label, "label", dtype, [BATCH_DIM])
-    else:  # a converted head names its own outputs, with their types
-        label.name, probabilities.name = "label", "probabilities"
-        graph.outputs.extend([label, probabilities])
+    for name in CONTRACT_OUTPUTS[3:]:  # --explain's
+        if name in outputs:
+            dtype = ir.DataType.BOOL if name == "available" else ir.DataType.FLOAT
+            _contract_output(graph, outputs[name], name, dtype, [BATCH_DIM, sources])
     graph.outputs.sort(key=lambda value: CONTRACT_OUTPUTS.index(value.name))
 
 

@@ -42,25 +42,39 @@ def format_table(report: dict, fusion: dict | None = None) -> str:
     rows = [("model", *names)]
     for name, values in report["metrics"].items():
         rows.append((name, *(_cell(values.get(n)) for n in names)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     counts = report["rows"]
     skipped = counts.get("skipped_not_finite", 0)
-    left_out = f"; {skipped} rows with NaN or infinite source outputs or features left out" if skipped else ""
+    left_out = f"; {skipped} rows with no source available or an infinite feature left out" if skipped else ""
     lines = [
         f"hold-out: {counts['holdout']} of {counts['holdout'] + counts['train']} rows "
         f"(seed {report['seed']}); head refit on all rows afterwards{left_out}",
+        *_aligned(rows, left=1),
     ]
-    for row in rows:
-        lines.append(
-            "  ".join(
-                cell.ljust(width) if i == 0 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths))
-            )
-        )
+    patterns = counts.get("patterns", {})
+    if len(patterns) > 1:  # some rows lack a source: say how many of each kind, and where a source alone answered
+        listed = ", ".join(f"{name} {count}" for name, count in patterns.items())
+        lines.append(f"rows per availability pattern: {listed}; a source alone answers the prior where it is missing")
+    if report.get("patterns"):
+        lines.append("by availability pattern (hold-out rows with those sources, the others masked):")
+        table = [("pattern", "rows", "model", *names)]
+        for pattern, entry in report["patterns"].items():
+            for number, (name, values) in enumerate(entry["metrics"].items() or [("-", {})]):
+                first = number == 0
+                table.append((pattern if first else "", str(entry["rows"]) if first else "", name,
+                              *(_cell(values.get(n)) for n in names)))  # fmt: skip
+        lines.extend("  " + line for line in _aligned(table, left=3))
     chosen = (fusion or {}).get("chosen")
     if chosen is not None:
         scores, cv = fusion["candidates"], fusion["cv"]
         lines.append(f"head: {chosen}, chosen by --meta auto{_choice(scores, cv, chosen)}")
     return "\n".join(lines)
+
+
+def _aligned(rows: Sequence[Sequence[str]], *, left: int) -> list[str]:
+    """Columns padded to their widths: the first `left` to the left, the figures to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    padded = [[c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))] for row in rows]
+    return ["  ".join(row) for row in padded]
 
 
 def _choice(scores: dict[str, float], cv: dict, chosen: str) -> str:

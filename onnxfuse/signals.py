@@ -34,9 +34,23 @@ class Signals:
     per_model: tuple[np.ndarray, ...]
     meta_columns: tuple[tuple[int, ...], ...]
     probabilities: tuple[bool, ...]
+    available: np.ndarray | None = None  # [N, M] bool (see `availability`); None: every source on every row
+    feature_columns: tuple[tuple[int, ...], ...] | None = None  # the packed feature columns each source reads
+
+    @property
+    def mask(self) -> np.ndarray:
+        """`[N, M]` bool: which sources are available on which rows."""
+        if self.available is not None:
+            return self.available
+        return np.ones((len(self.per_model[0]), len(self.per_model)), dtype=bool)
 
     def take(self, rows: np.ndarray) -> Signals:
-        return Signals(tuple(s[rows] for s in self.per_model), self.meta_columns, self.probabilities)
+        available = None if self.available is None else self.available[rows]
+        return dataclasses.replace(self, per_model=tuple(s[rows] for s in self.per_model), available=available)
+
+    def masked(self, keep: np.ndarray) -> Signals:
+        """The same rows with only the sources `keep` (`[M]` or `[N, M]` bool) left available."""
+        return dataclasses.replace(self, available=self.mask & keep)
 
 
 def scored_outputs(
@@ -51,11 +65,22 @@ def scored_outputs(
     return wanted
 
 
-def numpy_signals(scores: Mapping[str, np.ndarray], roles: Sequence[OutputRole], classes) -> Signals:
-    """The signals from the scored outputs (see `scored_outputs`), as `graph_signals` computes them."""
+def numpy_signals(
+    scores: Mapping[str, np.ndarray], roles: Sequence[OutputRole], classes, *,
+    features: np.ndarray | None = None, feature_columns: tuple[tuple[int, ...], ...] | None = None,
+) -> Signals:  # fmt: skip
+    """The signals from the scored outputs (see `scored_outputs`), as `graph_signals` computes them; with
+    `feature_columns` (`availability.source_columns`), which sources are available on each row of `features`,
+    else every one everywhere."""
+    from onnxfuse.availability import numpy_available, present
+
     per_model = tuple(_numpy_signal(role, scores[f"{i}/signal"], classes) for i, role in enumerate(roles))
     columns = tuple(meta_columns(role, classes) for role in roles)
-    return Signals(per_model, columns, tuple(role.task == "classification" for role in roles))
+    probabilities = tuple(role.task == "classification" for role in roles)
+    if feature_columns is None:
+        return Signals(per_model, columns, probabilities)
+    available = numpy_available(per_model, present(features, feature_columns, len(per_model[0])))
+    return Signals(per_model, columns, probabilities, available, feature_columns)
 
 
 def numpy_votes(signals: Signals, scores: Mapping[str, np.ndarray], classes: Sequence) -> Signals:
@@ -64,17 +89,25 @@ def numpy_votes(signals: Signals, scores: Mapping[str, np.ndarray], classes: Seq
         scores.get(f"{i}/label", np.array(classes, dtype=object)[np.argmax(signal, axis=1)])
         for i, signal in enumerate(signals.per_model)
     ]
-    return Signals(tuple(one_hot(label, classes) for label in labels), signals.meta_columns, signals.probabilities)
+    votes = tuple(one_hot(label, classes) for label in labels)
+    return dataclasses.replace(signals, per_model=votes)
 
 
 def graph_signals(
-    graph: ir.Graph, outputs: Sequence[Mapping[str, ir.Value]], roles: Sequence[OutputRole], classes, *, votes: bool
+    graph: ir.Graph, outputs: Sequence[Mapping[str, ir.Value]], roles: Sequence[OutputRole], classes
 ) -> list[ir.Value]:
-    """Each source's signal in the graph, `[N, K]` float: the values `numpy_signals` (or `numpy_votes`) computes."""
-    return [
-        _graph_signal(graph, values, role, classes, index, votes=votes)
-        for index, (values, role) in enumerate(zip(outputs, roles), start=1)
-    ]
+    """Each source's signal in the graph, `[N, K]` float: the values `numpy_signals` computes."""
+    return [_graph_signal(graph, values, role, classes, index) for index, (values, role) in
+            enumerate(zip(outputs, roles), start=1)]  # fmt: skip
+
+
+def graph_votes(
+    graph: ir.Graph, outputs: Sequence[Mapping[str, ir.Value]], roles: Sequence[OutputRole], classes,
+    signals: Sequence[ir.Value],
+) -> list[ir.Value]:  # fmt: skip
+    """Each source's one-hot vote in the graph, as `numpy_votes` computes it (`signals`: from `graph_signals`)."""
+    return [_graph_vote(graph, values, role, classes, index, signal) for index, (values, role, signal) in
+            enumerate(zip(outputs, roles, signals), start=1)]  # fmt: skip
 
 
 def _numpy_signal(role: OutputRole, values: np.ndarray, classes) -> np.ndarray:
@@ -84,7 +117,7 @@ def _numpy_signal(role: OutputRole, values: np.ndarray, classes) -> np.ndarray:
     return probabilities @ class_placement(role, classes) if classes is not None else probabilities
 
 
-def _graph_signal(graph: ir.Graph, outputs, role: OutputRole, classes, index: int, *, votes: bool) -> ir.Value:
+def _graph_signal(graph: ir.Graph, outputs, role: OutputRole, classes, index: int) -> ir.Value:
     if role.task == "scores":
         value = as_float(graph, outputs[role.prediction or ""], f"m{index}/scores_float")
         shape = add_constant(graph, f"m{index}/scores_shape", np.array([-1, role.width or 1], dtype=np.int64))
@@ -93,8 +126,6 @@ def _graph_signal(graph: ir.Graph, outputs, role: OutputRole, classes, index: in
         value = as_float(graph, outputs[role.prediction or ""], f"m{index}/prediction_float")
         shape = add_constant(graph, f"m{index}/column_shape", np.array([-1, 1], dtype=np.int64))
         return add_node(graph, "Reshape", [value, shape], {}, f"m{index}/prediction_column")
-    if votes:
-        return _graph_vote(graph, outputs, role, classes, index)
     probabilities = _own_probabilities(graph, outputs[role.probabilities or ""], role, index)
     if classes is None or tuple(role.classes or ()) == tuple(classes):
         return probabilities
@@ -120,12 +151,11 @@ def _own_probabilities(graph: ir.Graph, value: ir.Value, role: OutputRole, index
     return add_node(graph, "Concat", [negative, positive], {"axis": 1}, f"m{index}/two_classes")
 
 
-def _graph_vote(graph: ir.Graph, outputs, role: OutputRole, classes, index: int) -> ir.Value:
+def _graph_vote(graph: ir.Graph, outputs, role: OutputRole, classes, index: int, signal: ir.Value) -> ir.Value:
     if votes_with_label(role, classes):
         label, row = outputs[role.label], class_array(classes).reshape(1, -1)
     else:  # the index of the source's most probable class among the target's
-        placed = _graph_signal(graph, outputs, role, classes, index, votes=False)
-        label = add_node(graph, "ArgMax", [placed], {"axis": 1, "keepdims": 0}, f"m{index}/vote_index")
+        label = add_node(graph, "ArgMax", [signal], {"axis": 1, "keepdims": 0}, f"m{index}/vote_index")
         row = np.arange(len(classes), dtype=np.int64).reshape(1, -1)
     row = add_constant(graph, f"m{index}/vote_classes", row)
     axes = add_constant(graph, f"m{index}/vote_axes", np.array([1], dtype=np.int64))

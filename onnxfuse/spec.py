@@ -71,10 +71,14 @@ class FuseSpec:
     optimize: bool = option(True, "Keep the plain splice.", flags=("--no-optimize",), negated=True)
     ort: bool = option(False, "Also write OUT.ort for mobile runtimes.")
     report: Path | None = option(None, "Write the hold-out report as JSON.")
+    explain: bool = option(False, "Also output `available` and `source_effects` per row (and mixtures' `weights`).")
     features_dtype: str = option(
         "auto", "Element type of the packed `features` input; auto: float64 when a model reads a column as double.",
         choices=FEATURES_DTYPES,
     )  # fmt: skip
+    # not an option: False builds the head as before availability handling (NaN propagates), for the benchmarks
+    # that measure what the handling costs and gains
+    availability: bool = True
 
 
 def options() -> list[dataclasses.Field]:

@@ -7,15 +7,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxfuse import progress
+from onnxfuse.availability import masked_features, pattern_counts, pattern_name, report_patterns
 from onnxfuse.caveats import caveats
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.feeds import Labelled, split_rows
-from onnxfuse.heads.base import Fusion, Head, LabelSpace, Standardizer
+from onnxfuse.heads.base import Fusion, Head, LabelSpace, Standardizer, learner_target, target_prior, with_prior
 from onnxfuse.heads.learners import fit_learner, folds, tune
-from onnxfuse.heads.stack import learner_target
 from onnxfuse.report import metrics
 from onnxfuse.signals import Signals
 from onnxfuse.spec import FuseSpec
+
+PATTERN_ROWS = 2  # fewer hold-out rows of a pattern are counted, not scored
 
 
 def train_head(
@@ -32,10 +34,13 @@ def train_head(
     rows (the head chosen and tuned on the training part: `Fusion.refit`).
 
     `head_signals` are what the head reads (the sources' votes for a voting head),
-    `signals` their probabilities, which the report scores each source by.
-    Rows where a source output is NaN or infinite, or a feature infinite (NaN
-    features are read as the column mean), cannot train a head: they are left out
-    and counted in the report. `names` name each source and say how its signal
+    `signals` their probabilities, which the report scores each source by; both say
+    which sources are available on each row (`availability`). Rows with no source
+    available, or a feature infinite (NaN features are read as the column mean),
+    cannot train a head: they are left out and counted in the report, beside the
+    rows of each availability pattern. In the hold-out table a source alone answers
+    the prior where it is unavailable; `patterns` scores the head on the hold-out
+    rows masked to each pattern (`_pattern_metrics`). `names` name each source and say how its signal
     predicts the target, for metrics of its own: "signal" (a classifier of a
     classification target, a regressor of a regression one), "softmax" (unlabeled
     scores, one per class: read through a softmax), or None (not comparable). What
@@ -52,12 +57,12 @@ def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpe
     if features is None and fusion.needs_features(spec):
         flags = f"--fusion {fusion.name}{' --passthrough' if spec.passthrough else ''}"
         raise OnnxfuseError(f"{flags} needs column features")
-    usable = _usable_rows(signals, features)
+    usable = _usable_rows(signals, features, spec)
     skipped = int(labelled.rows - usable.sum())
     if usable.sum() < 2:
-        raise OnnxfuseError(
-            f"column '{spec.target}': fewer than 2 rows where every source output and feature is finite"
-        )
+        needed = "some source is available" if spec.availability else "every source output"
+        raise OnnxfuseError(f"column '{spec.target}': fewer than 2 rows where {needed} and every feature is finite")
+    all_signals = signals
     labelled, signals, head_signals = labelled.take(usable), signals.take(usable), head_signals.take(usable)
     features = labelled.feeds.get("features")
     space = LabelSpace(labelled.task, labelled.classes)
@@ -67,19 +72,26 @@ def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpe
         "meta": spec.meta if "meta" in fusion.options else None, "passthrough": spec.passthrough,
         "rows": {"train": len(train), "holdout": len(held), "skipped_not_finite": skipped}, "metrics": {},
     }  # fmt: skip
+    if spec.availability:
+        report["rows"]["patterns"] = pattern_counts(all_signals.mask)
     if not len(held):
         head = fusion.fit(head_signals, features, labelled.target, space, spec)
         return head, {**report, "warnings": caveats(report, head.metadata(), spec)}
     fitted = fusion.fit(head_signals.take(train), _rows(features, train), labelled.target[train], space, spec)
     fused = fitted.predict(head_signals.take(held), _rows(features, held))
     report["metrics"] = _holdout_metrics(fusion, fused, signals, features, labelled, train, held, names, spec)
+    if spec.availability:
+        report["patterns"] = _pattern_metrics(fitted, signals, head_signals, features, labelled, train, held, names)
     progress.stage("fitting the head on all rows")
     head = fusion.refit(fitted, head_signals, features, labelled.target, space, spec)
     return head, {**report, "warnings": caveats(report, fitted.metadata(), spec)}
 
 
-def _usable_rows(signals: Signals, features: np.ndarray | None) -> np.ndarray:
-    usable = np.logical_and.reduce([np.isfinite(s).all(axis=1) for s in signals.per_model])
+def _usable_rows(signals: Signals, features: np.ndarray | None, spec: FuseSpec) -> np.ndarray:
+    if spec.availability:
+        usable = signals.mask.any(axis=1)
+    else:
+        usable = np.logical_and.reduce([np.isfinite(s).all(axis=1) for s in signals.per_model])
     if features is not None:
         usable &= ~np.isinf(features).any(axis=1)
     return usable
@@ -87,16 +99,49 @@ def _usable_rows(signals: Signals, features: np.ndarray | None) -> np.ndarray:
 
 def _holdout_metrics(fusion, fused, signals, features, labelled, train, held, names, spec) -> dict:
     task, classes, truth = labelled.task, labelled.classes, labelled.target[held]
+    prior = target_prior(learner_target(labelled.target[train], LabelSpace(task, classes)), LabelSpace(task, classes))
     table = {}
-    for (name, reading), signal in zip(names, signals.per_model):
-        own = signal[held] if task == "classification" else signal[held, 0]
-        own = _softmax(own) if reading == "softmax" else own
+    for m, ((name, reading), signal) in enumerate(zip(names, signals.per_model)):
+        own = _alone(signal[held], reading, task)
+        own = with_prior(own, signals.mask[held][:, [m]], prior) if reading else own
         table[name] = metrics(task, truth, own, classes) if reading else {}
     table["fused"] = metrics(task, truth, fused, classes)
     if features is not None:
         family, output = _baseline(fusion.baseline_family(spec), features, labelled, train, held, spec)
         table[f"baseline ({family} on raw features)"] = metrics(task, truth, output, classes)
     return table
+
+
+def _pattern_metrics(fitted: Head, signals: Signals, head_signals: Signals, features, labelled: Labelled, train,
+                     held, names) -> dict:  # fmt: skip
+    """Per availability pattern (`availability.report_patterns`): on the hold-out rows where every source of the
+    pattern is available, the head with the others masked (their columns NaN too) next to each of those sources
+    alone."""
+    task, classes = labelled.task, labelled.classes
+    table = {}
+    for pattern in report_patterns(len(signals.per_model)):
+        rows = held[signals.mask[held][:, pattern].all(axis=1)]
+        entry: dict = {"rows": len(rows), "metrics": {}}
+        table[pattern_name(pattern)] = entry
+        if len(rows) < PATTERN_ROWS:
+            continue
+        truth = labelled.target[rows]
+        for m in np.flatnonzero(pattern):
+            name, reading = names[m]
+            if reading:
+                own = _alone(signals.per_model[m][rows], reading, task)
+                entry["metrics"][name] = metrics(task, truth, own, classes)
+        keep = np.broadcast_to(pattern, (len(rows), len(pattern)))
+        masked = masked_features(_rows(features, rows), signals.feature_columns or (), keep)
+        fused = fitted.predict(head_signals.take(rows).masked(pattern), masked)
+        entry["metrics"]["fused"] = metrics(task, truth, fused, classes)
+    return table
+
+
+def _alone(signal: np.ndarray, reading: str | None, task: str) -> np.ndarray:
+    """A source's own prediction of the target from its signal (see `train_head` for `reading`)."""
+    own = signal if task == "classification" else signal[:, 0]
+    return _softmax(own) if reading == "softmax" else own
 
 
 def _baseline(family: str, features, labelled: Labelled, train, held, spec: FuseSpec) -> tuple[str, np.ndarray]:

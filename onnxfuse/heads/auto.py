@@ -1,8 +1,9 @@
 """`--meta auto` (the default): the stacking head chosen among candidates by cross-validation, as a super learner.
 
-Rules: the candidates are each source alone (one that predicts the target), the
-fitted mean and the gate (when every source predicts the target; the gate also
-needs column features), and the linear, MLP and boosting learners on the
+Rules: the candidates are each source alone (it answers where it is available,
+else the mean of the other available sources), the fitted mean and the gate (all
+three when every source predicts the target; the gate also needs column features),
+and the linear, MLP and boosting learners on the
 sources' signals, without and — where column features exist and there are at
 least PASSTHROUGH_ROWS rows per column — with the raw features (`--passthrough`
 keeps only the heads that read them). Every candidate is scored on the same
@@ -18,20 +19,21 @@ The choice and every candidate's mean loss go to the metadata.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxfuse import progress
-from onnxfuse.heads.base import Head, LabelSpace, Standardizer
+from onnxfuse.heads.base import Head, HeadInputs, LabelSpace, learner_target, target_prior
 from onnxfuse.heads.learners import Folds, fit_learner, fold_loss, folds, tune
-from onnxfuse.heads.mixture import fixed_weights, gated, weighted_sum
-from onnxfuse.heads.stack import Stacked, learner_target, meta_matrix
+from onnxfuse.heads.mixture import Gate, Mixture, fixed_weights, gated
+from onnxfuse.heads.stack import StackRows
 from onnxfuse.signals import Signals
 
 FAMILIES = ("linear", "mlp", "gbdt")
 PASSTHROUGH_ROWS = 10
+ALONE_GAP = 30.0  # the other sources' logit below the chosen one: weight e^-30 while it is available
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +65,8 @@ class Chosen:
     def refit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace) -> Chosen:
         return dataclasses.replace(self, head=self.head.refit(signals, features, target, space))
 
-    def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions) -> dict:
-        return self.head.build(model, signals, space, versions)
+    def build(self, model: ir.Model, inputs: HeadInputs, space: LabelSpace, versions) -> dict:
+        return self.head.build(model, inputs, space, versions)
 
     def metadata(self) -> dict:
         chosen = {"chosen": self.name, **self.head.metadata(), "meta": "auto"}
@@ -74,26 +76,30 @@ class Chosen:
 
 @dataclasses.dataclass(frozen=True)
 class Alone:
-    """One source's own probabilities (or prediction), as the fused output: the weighted sum with weight 1 on it
-    and 0 on the others, so the file still computes (and `verify` still checks) every source."""
+    """One source's own probabilities (or prediction), as the fused output where it is available; elsewhere the
+    mean of the other available sources. A mixture whose other sources are ALONE_GAP below it, so the file still
+    computes (and `verify` still checks) every source."""
 
     index: int
+    mixture: Mixture
+
+    @classmethod
+    def of(cls, index: int, y: np.ndarray, space: LabelSpace, count: int) -> Alone:
+        bias = np.where(np.arange(count) == index, 0.0, -ALONE_GAP).astype(np.float32)
+        return cls(index, Mixture(Gate(np.zeros((0, count), np.float32), bias), target_prior(y, space)))
 
     @property
     def uses_features(self) -> bool:
         return False
 
     def predict(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
-        signal = signals.per_model[self.index].astype(np.float64)
-        return signal if signals.probabilities[self.index] else signal[:, 0]
+        return self.mixture.predict(signals, None)
 
     def refit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace) -> Alone:
-        return self
+        return Alone.of(self.index, learner_target(target, space), space, len(signals.per_model))
 
-    def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions) -> dict:
-        weights = np.eye(len(signals), dtype=np.float32)[self.index]
-        mixed = weighted_sum(model.graph, signals, weights, space)
-        return {"probabilities": mixed} if space.task == "classification" else {"prediction": mixed}
+    def build(self, model: ir.Model, inputs: HeadInputs, space: LabelSpace, versions) -> dict:
+        return self.mixture.build(model, inputs, space, versions)
 
     def metadata(self) -> dict:
         return {"source": self.index + 1}
@@ -119,22 +125,22 @@ def choose(signals: Signals, features: np.ndarray | None, target: np.ndarray, sp
 
 
 def _candidates(signals: Signals, features, y: np.ndarray, space: LabelSpace, spec) -> list[Candidate]:
-    task = space.task
-    predicting = [_predicts_target(signals, m, task) for m in range(len(signals.per_model))]
-    candidates = [] if spec.passthrough else [_alone(signals, m, y, task) for m, ok in enumerate(predicting) if ok]
-    if all(predicting) and not spec.passthrough:
-        candidates.append(_mixture("mean", lambda s, f, t: fixed_weights(s, t, task), signals, features, y, task))
-    if all(predicting) and features is not None:
-        candidates.append(_mixture("gate", lambda s, f, t: gated(s, f, t, task), signals, features, y, task))
+    task, count = space.task, len(signals.per_model)
+    mixable = all(_predicts_target(signals, m, task) for m in range(count))
+    candidates = [_alone(signals, m, y, space) for m in range(count)] if mixable and not spec.passthrough else []
+    if mixable and not spec.passthrough:
+        candidates.append(_mixture("mean", lambda s, f, t: fixed_weights(s, t, space), signals, features, y, task))
+    if mixable and features is not None:
+        candidates.append(_mixture("gate", lambda s, f, t: gated(s, f, t, space), signals, features, y, task))
     readings = [] if spec.passthrough else [False]
     width = sum(len(c) for c in signals.meta_columns) + (0 if features is None else features.shape[1])
     if features is not None and (spec.passthrough or len(y) >= PASSTHROUGH_ROWS * width):
         readings.append(True)  # asked for with --passthrough: fitted however few the rows (the report warns)
     for passthrough in readings:
         for family in FAMILIES:
-            candidates.append(_learner(family, passthrough, signals, features, y, space, spec.seed))
+            candidates.append(_learner(family, passthrough, signals, features, y, space, spec))
     if not readings:  # --passthrough without column features is refused before; a linear stack to fall back on
-        candidates.append(_learner("linear", False, signals, features, y, space, spec.seed))
+        candidates.append(_learner("linear", False, signals, features, y, space, spec))
     return candidates
 
 
@@ -144,12 +150,15 @@ def _predicts_target(signals: Signals, m: int, task: str) -> bool:
     return probability if task == "classification" else not probability and signals.per_model[m].shape[1] == 1
 
 
-def _alone(signals: Signals, m: int, y: np.ndarray, task: str) -> Candidate:
-    head = Alone(m)
-    predicted = head.predict(signals, None)
+def _alone(signals: Signals, m: int, y: np.ndarray, space: LabelSpace) -> Candidate:
+    head = Alone.of(m, y, space, len(signals.per_model))
 
     def score(splits: Folds) -> np.ndarray:
-        return np.array([fold_loss(task, y[held], predicted[held]) for _, held in splits])
+        losses = []
+        for train, held in splits:  # the prior (of rows no source speaks for) from the training rows
+            fold = Alone.of(m, y[train], space, len(signals.per_model))
+            losses.append(fold_loss(space.task, y[held], fold.predict(signals.take(held), None)))
+        return np.array(losses)
 
     return Candidate(f"m{m + 1} alone", score, lambda: head)
 
@@ -167,21 +176,21 @@ def _mixture(name: str, fit: Callable, signals: Signals, features, y: np.ndarray
 
 
 def _learner(family: str, passthrough: bool, signals: Signals, features, y: np.ndarray, space: LabelSpace,
-             seed: int) -> Candidate:  # fmt: skip
-    x = meta_matrix(signals, features if passthrough else None)
-    standardizer = Standardizer.fit(x)
-    scaled = standardizer.standardize(x)
+             spec) -> Candidate:  # fmt: skip
+    seed = spec.seed
+    rows = StackRows.of(signals, features if passthrough else None, y, seed=seed, dropout=spec.availability)
     count = len(space.classes) if space.classes is not None else None
     chosen: dict = {}
 
     def score(splits: Folds) -> np.ndarray:
-        tuned = tune(family, space.task, scaled, y, splits, seed=seed, classes=count)
+        tuned = tune(family, space.task, rows.scaled, rows.y, rows.folds(splits), seed=seed, classes=count)
         chosen["params"] = tuned.params
         return np.array(tuned.per_fold)
 
     def fit() -> Head:
-        params = chosen.get("params") or tune(family, space.task, scaled, y, [], seed=seed, classes=count).params
-        learner = fit_learner(family, space.task, scaled, y, params, seed=seed, classes=count)
-        return Stacked(learner, signals.meta_columns, signals.probabilities, standardizer, passthrough, seed)
+        params = chosen.get("params") or tune(family, space.task, rows.scaled, rows.y, [], seed=seed,
+                                              classes=count).params  # fmt: skip
+        learner = fit_learner(family, space.task, rows.scaled, rows.y, params, seed=seed, classes=count)
+        return rows.head(learner, space, passthrough, seed)
 
     return Candidate(f"{family}{' + passthrough' if passthrough else ''}", score, fit)

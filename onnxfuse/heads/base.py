@@ -36,6 +36,17 @@ class LabelSpace:
     classes: tuple | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadInputs:
+    """What a head's subgraph reads: each source's signal, which sources are available on each row (bool
+    `[N, M]`; None: the head is built without availability handling) and the packed features as float32 (None
+    where the head reads none). `--explain` hands a head these tiled (the rows again with sources masked)."""
+
+    signals: Sequence[ir.Value]
+    available: ir.Value | None = None
+    features: ir.Value | None = None
+
+
 class Head(Protocol):
     """A fitted head."""
 
@@ -46,9 +57,9 @@ class Head(Protocol):
     def predict(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
         """Probabilities `[N, C]` or predictions `[N]`, as the file computes them."""
 
-    def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions: Versions) -> dict:
-        """Append the head to `model`'s graph (in place) on the sources' signal values: returns
-        `{"probabilities": v}` (and `"label"` when the head computes it) or `{"prediction": v}`."""
+    def build(self, model: ir.Model, inputs: HeadInputs, space: LabelSpace, versions: Versions) -> dict:
+        """Append the head to `model`'s graph (in place) on `inputs`: returns `{"probabilities": v}` or
+        `{"prediction": v}`, and `"weights"` (`[N, M]`, per row) for a mixture."""
 
     def refit(self, signals: Signals, features: np.ndarray | None, target: np.ndarray, space: LabelSpace) -> Head:
         """The same head (family, chosen settings) fitted on other rows: the training part's choice, on all rows."""
@@ -92,7 +103,7 @@ class Fusion:
         """Fit on all rows after the hold-out report; by default the head is fitted afresh."""
         return self.fit(signals, features, target, space, spec)
 
-    def untrained(self, count: int) -> Head:
+    def untrained(self, count: int, space: LabelSpace) -> Head:
         """The head without data: only for fusions that do not train."""
         raise NotImplementedError
 
@@ -107,6 +118,50 @@ def unlabeled_scores(role: OutputRole, why: str) -> str:
         f"declare them with --declare {role.index}:classes=A,B,... (or classes = [...] in its [[model]] table), "
         "or use --fusion stack with --data and --target"
     )
+
+
+def learner_target(target: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """What heads fit on: class indices for classification, the target as float64 for regression."""
+    if space.task == "classification":
+        return class_indices(target, space.classes)
+    return np.asarray(target, dtype=np.float64)
+
+
+def target_prior(y: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """What a row no source speaks for gets: the class frequencies of `y` (class indices), or its mean."""
+    if space.task == "classification":
+        counts = np.bincount(y, minlength=len(space.classes))
+        return (counts / max(len(y), 1)).astype(np.float32)
+    return np.array([np.mean(y) if len(y) else 0.0], dtype=np.float32)
+
+
+def untrained_prior(space: LabelSpace) -> np.ndarray:
+    """Without data: every class alike, or 0."""
+    if space.task == "classification":
+        return np.full(len(space.classes), 1 / len(space.classes), dtype=np.float32)
+    return np.zeros(1, dtype=np.float32)
+
+
+def with_prior(output: np.ndarray, available: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """`output` (`[N, C]` or `[N]`) with the prior on rows where no source is available."""
+    none = ~available.any(axis=1)
+    if not none.any():
+        return output
+    output = np.array(output, dtype=np.float64)
+    output[none] = prior if output.ndim == 2 else prior[0]
+    return output
+
+
+def graph_with_prior(graph: ir.Graph, output: ir.Value, available: ir.Value, prior: np.ndarray, name: str) -> ir.Value:
+    """`with_prior` in the graph: `output` (`[N, C]`, or `[N]` for one prior value) where any source is available."""
+    axis = add_constant(graph, f"{name}/any_axis", np.array([1], dtype=np.int64))
+    count = add_node(graph, "Cast", [available], {"to": ir.DataType.FLOAT}, f"{name}/available_float")
+    keep = 1 if len(prior) > 1 else 0
+    total = add_node(graph, "ReduceSum", [count, axis], {"keepdims": keep}, f"{name}/available_count")
+    zero = add_constant(graph, f"{name}/zero", np.array(0.0, dtype=np.float32))
+    spoken = add_node(graph, "Greater", [total, zero], {}, f"{name}/any_available")
+    shaped = prior.reshape(1, -1) if keep else prior.reshape(())
+    return add_node(graph, "Where", [spoken, output, add_constant(graph, f"{name}/prior", shaped)], {}, f"{name}/out")
 
 
 def class_indices(target: np.ndarray, classes: Sequence) -> np.ndarray:

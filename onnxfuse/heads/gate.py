@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxfuse.heads.base import Fusion, LabelSpace, class_indices
+from onnxfuse.heads.base import Fusion, LabelSpace, learner_target
 from onnxfuse.heads.mixture import Mixture, gated
 from onnxfuse.signals import Signals
 
@@ -23,5 +23,4 @@ class LearnedGate(Fusion):
         return True
 
     def fit(self, signals: Signals, features: np.ndarray, target: np.ndarray, space: LabelSpace, spec) -> Mixture:
-        indices = class_indices(target, space.classes) if space.task == "classification" else target
-        return gated(signals, features, indices, space.task)
+        return gated(signals, features, learner_target(target, space), space)

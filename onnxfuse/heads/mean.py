@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxfuse.heads.base import Fusion, LabelSpace, class_indices
+from onnxfuse.heads.base import Fusion, LabelSpace, learner_target
 from onnxfuse.heads.mixture import Mixture, equal_weights, fixed_weights
 from onnxfuse.signals import Signals
 
@@ -19,8 +19,7 @@ class Mean(Fusion):
     trains = False
 
     def fit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace, spec) -> Mixture:
-        indices = class_indices(target, space.classes) if space.task == "classification" else target
-        return fixed_weights(signals, indices, space.task)
+        return fixed_weights(signals, learner_target(target, space), space)
 
-    def untrained(self, count: int) -> Mixture:
-        return equal_weights(count)
+    def untrained(self, count: int, space: LabelSpace) -> Mixture:
+        return equal_weights(count, space)

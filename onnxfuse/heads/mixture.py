@@ -1,24 +1,37 @@
 """A softmax-weighted mixture of the sources' signals: what `mean`, `vote` and `gate` fit and write.
 
 Rules: the weights are `softmax(standardize(x) @ W + b)` per row, with `W` empty
-(fixed weights) for mean and vote; they are fitted in float64 with L-BFGS on the
-log loss of the mixed probabilities (squared error for regression), starting from
-equal weights, so a mixture that learns nothing is the plain mean.
+(fixed weights) for mean and vote, taken over the sources available on the row
+only (an unavailable source's logit is BLOCKED, its signal read as 0), so fixed
+weights are renormalised over the available sources; a row with none gets the
+prior. They are fitted in float64 with L-BFGS on the log loss of the mixed
+probabilities (squared error for regression), starting from equal weights, so a
+mixture that learns nothing is the plain mean.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxfuse.heads.base import LabelSpace, Standardizer, class_indices, float_features, standardized
+from onnxfuse.heads.base import (
+    HeadInputs,
+    LabelSpace,
+    Standardizer,
+    graph_with_prior,
+    learner_target,
+    standardized,
+    target_prior,
+    untrained_prior,
+    with_prior,
+)
 from onnxfuse.signals import Signals
-from onnxfuse.support import add_constant, add_node, flatten
+from onnxfuse.support import add_constant, add_node
 
 GATE_L2 = 1e-3
+BLOCKED = -1e30  # the logit of an unavailable source: its weight is exp(-1e30 - max) = 0 in float32 and float64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,20 +41,29 @@ class Gate:
     weights: np.ndarray  # [F, M]
     bias: np.ndarray  # [M]
 
-    def mix(self, features: np.ndarray | None) -> np.ndarray:
-        logits = (
-            np.broadcast_to(self.bias, (1, len(self.bias))) if features is None else features @ self.weights + self.bias
-        )
-        logits = logits - logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+    def logits(self, features: np.ndarray | None, rows: int) -> np.ndarray:
+        if features is None:
+            return np.broadcast_to(self.bias.astype(np.float64), (rows, len(self.bias)))
+        return features @ self.weights + self.bias
+
+    def mix(self, features: np.ndarray | None, usable: np.ndarray) -> np.ndarray:
+        """`[N, M]` weights over the `usable` sources of each row (0 elsewhere; all 0 on a row with none)."""
+        return masked_softmax(self.logits(features, len(usable)), usable)
+
+
+def masked_softmax(logits: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    logits = np.where(usable, logits, BLOCKED)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True) * usable
 
 
 @dataclasses.dataclass(frozen=True)
 class Mixture:
-    """A fitted mixture (a `Head`): the gate reads the standardised raw features when `standardizer` is set."""
+    """A fitted mixture (a `Head`): the gate reads the standardised raw features when `standardizer` is set;
+    `prior` is what a row with no source available gets."""
 
     gate: Gate
+    prior: np.ndarray
     standardizer: Standardizer | None = None
 
     @property
@@ -52,98 +74,117 @@ class Mixture:
         weights = np.exp(self.gate.bias - self.gate.bias.max())
         return (weights / weights.sum()).astype(np.float32)
 
-    def predict(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
+    def weights(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
+        """`[N, M]` per-row weights, as the file's `weights` output."""
         scaled = self.standardizer.standardize(features) if self.standardizer is not None else None
-        gate = self.gate.mix(scaled)
-        mixed = sum(gate[:, [m]] * s for m, s in enumerate(signals.per_model))
-        return mixed[:, 0] if mixed.shape[1] == 1 else mixed
+        return self.gate.mix(scaled, signals.mask)
+
+    def predict(self, signals: Signals, features: np.ndarray | None) -> np.ndarray:
+        usable = signals.mask
+        weights = self.weights(signals, features)
+        mixed = sum(weights[:, [m]] * np.where(usable[:, [m]], s, 0.0) for m, s in enumerate(signals.per_model))
+        return with_prior(mixed[:, 0] if mixed.shape[1] == 1 else mixed, usable, self.prior)
 
     def refit(self, signals: Signals, features: np.ndarray | None, target: np.ndarray, space: LabelSpace) -> Mixture:
         """The same kind of mixture (per-row gate or fixed weights) fitted on other rows."""
-        indices = class_indices(target, space.classes) if space.task == "classification" else target
-        if self.uses_features:
-            return gated(signals, features, indices, space.task)
-        return fixed_weights(signals, indices, space.task)
+        y = learner_target(target, space)
+        return gated(signals, features, y, space) if self.uses_features else fixed_weights(signals, y, space)
 
-    def build(self, model: ir.Model, signals: Sequence[ir.Value], space: LabelSpace, versions) -> dict:
-        graph = model.graph
-        mixed = self._per_row(graph, signals, space) if self.uses_features else self._fixed(graph, signals, space)
-        return {"probabilities": mixed} if space.task == "classification" else {"prediction": mixed}
+    def build(self, model: ir.Model, inputs: HeadInputs, space: LabelSpace, versions) -> dict:
+        graph, signals = model.graph, inputs.signals
+        logits = self._graph_logits(graph, inputs)
+        axis1 = add_constant(graph, "mix/axis1", np.array([1], dtype=np.int64))
+        if space.task == "classification":
+            columns = [add_node(graph, "Unsqueeze", [s, axis1], {}, f"mix/m{m + 1}") for m, s in enumerate(signals)]
+            experts = add_node(graph, "Concat", columns, {"axis": 1}, "mix/experts")  # [N, M, C]
+        else:
+            experts = add_node(graph, "Concat", list(signals), {"axis": 1}, "mix/experts")  # [N, M]
+        usable = inputs.available
+        if usable is not None:
+            logits = add_node(graph, "Where", [usable, logits, _constant(graph, "mix/blocked", BLOCKED)], {},
+                              "mix/available_logits")  # fmt: skip
+        weights = add_node(graph, "Softmax", [logits], {"axis": 1}, "mix/weights_softmax")
+        if usable is not None:
+            weights = add_node(graph, "Mul", [weights, add_node(graph, "Cast", [usable], {"to": ir.DataType.FLOAT},
+                                                                "mix/usable_float")], {}, "mix/weights")  # fmt: skip
+        spread, gone = weights, usable
+        if space.task == "classification":
+            axis2 = add_constant(graph, "mix/axis2", np.array([2], dtype=np.int64))
+            spread = add_node(graph, "Unsqueeze", [weights, axis2], {}, "mix/weights_column")
+            if usable is not None:
+                gone = add_node(graph, "Unsqueeze", [usable, axis2], {}, "mix/usable_column")
+        if usable is not None:  # an unavailable expert's NaN must not reach the sum (NaN * 0 is NaN)
+            experts = add_node(graph, "Where", [gone, experts, _constant(graph, "mix/zero", 0.0)], {},
+                               "mix/available_experts")  # fmt: skip
+        product = add_node(graph, "Mul", [experts, spread], {}, "mix/weighted")
+        mixed = add_node(graph, "ReduceSum", [product, axis1], {"keepdims": 0}, "mix/mixed")
+        if usable is not None:
+            mixed = graph_with_prior(graph, mixed, usable, self.prior, "mix/prior")
+        key = "probabilities" if space.task == "classification" else "prediction"
+        return {key: mixed, "weights": weights}
 
     def metadata(self) -> dict:
         if self.uses_features:
             return {}
         return {"weights": [round(float(w), 6) for w in self.fixed_weights()]}
 
-    def _fixed(self, graph: ir.Graph, signals: Sequence[ir.Value], space: LabelSpace) -> ir.Value:
-        return weighted_sum(graph, signals, self.fixed_weights(), space)
-
-    def _per_row(self, graph: ir.Graph, signals: Sequence[ir.Value], space: LabelSpace) -> ir.Value:
-        features = standardized(graph, float_features(graph), self.standardizer, "gate/features")
-        weights = add_constant(graph, "gate/weights", self.gate.weights)
-        logits = add_node(graph, "MatMul", [features, weights], {}, "gate/scores")
-        logits = add_node(graph, "Add", [logits, add_constant(graph, "gate/bias", self.gate.bias)], {}, "gate/logits")
-        weights = add_node(graph, "Softmax", [logits], {"axis": 1}, "gate/weights_per_row")
-        axis1 = add_constant(graph, "gate/axis1", np.array([1], dtype=np.int64))
-        if space.task == "classification":
-            columns = [add_node(graph, "Unsqueeze", [s, axis1], {}, f"gate/m{m + 1}") for m, s in enumerate(signals)]
-            stacked = add_node(graph, "Concat", columns, {"axis": 1}, "gate/experts")
-            axis2 = add_constant(graph, "gate/axis2", np.array([2], dtype=np.int64))
-            weights = add_node(graph, "Unsqueeze", [weights, axis2], {}, "gate/weights_column")
-        else:
-            stacked = add_node(graph, "Concat", list(signals), {"axis": 1}, "gate/experts")
-        product = add_node(graph, "Mul", [stacked, weights], {}, "gate/weighted")
-        return add_node(graph, "ReduceSum", [product, axis1], {"keepdims": 0}, "gate/mixed")
+    def _graph_logits(self, graph: ir.Graph, inputs: HeadInputs) -> ir.Value:
+        """`[N, M]` gate logits, or the `[1, M]` fixed ones (broadcast by what reads them)."""
+        bias = add_constant(graph, "mix/bias", self.gate.bias.astype(np.float32).reshape(1, -1))
+        if not self.uses_features:
+            return bias
+        assert inputs.features is not None and self.standardizer is not None
+        features = standardized(graph, inputs.features, self.standardizer, "gate/features")
+        scores = add_node(graph, "MatMul", [features, add_constant(graph, "gate/weights", self.gate.weights)], {},
+                          "gate/scores")  # fmt: skip
+        return add_node(graph, "Add", [scores, bias], {}, "gate/logits")
 
 
-def weighted_sum(graph: ir.Graph, signals: Sequence[ir.Value], weights: np.ndarray, space: LabelSpace) -> ir.Value:
-    """`sum_m w_m * signal_m` (a prediction `[N]` for regression): every source is read, also one of weight 0."""
-    scaled = [
-        add_node(graph, "Mul", [s, add_constant(graph, f"weight_{m}", np.array(w, dtype=np.float32))], {},
-                 f"m{m + 1}/weighted")
-        for m, (s, w) in enumerate(zip(signals, weights))
-    ]  # fmt: skip
-    total = add_node(graph, "Sum", scaled, {}, "sum")
-    return total if space.task == "classification" else flatten(graph, total)
+def _constant(graph: ir.Graph, name: str, value: float) -> ir.Value:
+    return add_constant(graph, name, np.array(value, dtype=np.float32))
 
 
-def equal_weights(count: int) -> Mixture:
+def equal_weights(count: int, space: LabelSpace) -> Mixture:
     """Every source weighs the same (mean / vote without data)."""
-    return Mixture(Gate(np.zeros((0, count), np.float32), np.zeros(count, np.float32)))
+    return Mixture(Gate(np.zeros((0, count), np.float32), np.zeros(count, np.float32)), untrained_prior(space))
 
 
-def fixed_weights(signals: Signals, target: np.ndarray, task: str) -> Mixture:
-    """One weight per source for all rows."""
-    gate = fit_gate(signals, None, target, task)
-    return Mixture(Gate(np.zeros((0, len(gate.bias)), np.float32), gate.bias))
+def fixed_weights(signals: Signals, y: np.ndarray, space: LabelSpace) -> Mixture:
+    """One weight per source for all rows (`y`: class indices, or the regression target)."""
+    gate = fit_gate(signals, None, y, space.task)
+    return Mixture(Gate(np.zeros((0, len(gate.bias)), np.float32), gate.bias), target_prior(y, space))
 
 
-def gated(signals: Signals, features: np.ndarray, target: np.ndarray, task: str) -> Mixture:
-    """Per-row weights from the standardised raw features (`target`: class indices for classification)."""
+def gated(signals: Signals, features: np.ndarray, y: np.ndarray, space: LabelSpace) -> Mixture:
+    """Per-row weights from the standardised raw features."""
     standardizer = Standardizer.fit(features)
-    return Mixture(fit_gate(signals, standardizer.standardize(features), target, task), standardizer)
+    gate = fit_gate(signals, standardizer.standardize(features), y, space.task)
+    return Mixture(gate, target_prior(y, space), standardizer)
 
 
 def fit_gate(signals: Signals, features: np.ndarray | None, target: np.ndarray, task: str) -> Gate:
     """Mixture-of-experts weights per row, minimising log loss (or squared error) with L-BFGS.
 
-    `target` holds class indices for classification. Starts from equal weights,
-    so a gate that learns nothing is the plain mean.
+    `target` holds class indices for classification. Each row mixes the sources
+    available on it; rows with none are left out. Starts from equal weights, so a
+    gate that learns nothing is the plain mean.
     """
     from scipy.optimize import minimize  # only trained mixtures pay for scipy
 
     count = len(signals.per_model)
+    rows = signals.mask.any(axis=1)
+    usable, target = signals.mask[rows], np.asarray(target)[rows]
     width = 0 if features is None else features.shape[1]
-    stacked = np.stack(signals.per_model, axis=1).astype(np.float64)  # [N, M, K]
-    # [N, M]: each source's P(true class), or its prediction
+    stacked = np.stack([s[rows] for s in signals.per_model], axis=1).astype(np.float64)  # [N, M, K]
+    # [N, M]: each source's P(true class), or its prediction (0 where it is unavailable)
     truth = stacked[np.arange(len(target)), :, target] if task == "classification" else stacked[:, :, 0]
+    truth = np.where(usable, truth, 0.0)
     scale = 1.0 if task == "classification" else max(float(np.var(target)), 1e-12)
-    x = np.zeros((len(target), 0)) if features is None else features.astype(np.float64)
+    x = np.zeros((len(target), 0)) if features is None else features[rows].astype(np.float64)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = theta[: width * count].reshape(width, count), theta[width * count :]
-        gate = Gate(w, b).mix(x if width else None)
-        gate = np.broadcast_to(gate, (len(target), count))
+        gate = Gate(w, b).mix(x if width else None, usable)
         if task == "classification":
             mixed = np.maximum((gate * truth).sum(axis=1), 1e-15)
             value = -np.mean(np.log(mixed))

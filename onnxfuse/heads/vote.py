@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxfuse.errors import OnnxfuseError
-from onnxfuse.heads.base import Fusion, LabelSpace, class_indices
+from onnxfuse.heads.base import Fusion, LabelSpace, learner_target
 from onnxfuse.heads.mixture import Mixture, equal_weights, fixed_weights
 from onnxfuse.roles import OutputRole
 from onnxfuse.signals import Signals
@@ -35,8 +35,8 @@ class Vote(Fusion):
 
     def fit(self, signals: Signals, features, target: np.ndarray, space: LabelSpace, spec) -> Mixture:
         smoothed = tuple((1 - VOTE_SMOOTHING) * s + VOTE_SMOOTHING / s.shape[1] for s in signals.per_model)
-        votes = Signals(smoothed, signals.meta_columns, signals.probabilities)
-        return fixed_weights(votes, class_indices(target, space.classes), space.task)
+        votes = Signals(smoothed, signals.meta_columns, signals.probabilities, signals.available)
+        return fixed_weights(votes, learner_target(target, space), space)
 
-    def untrained(self, count: int) -> Mixture:
-        return equal_weights(count)
+    def untrained(self, count: int, space: LabelSpace) -> Mixture:
+        return equal_weights(count, space)

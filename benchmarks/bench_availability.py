@@ -93,9 +93,9 @@ def make_case(key: str, folder: Path) -> Case:
                 frame.iloc[split.test])  # fmt: skip
 
 
-def build(case: Case, head: str, folder: Path) -> dict[str, Path]:
-    """The three files of one head."""
-    found = {}
+def build(case: Case, head: str, folder: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+    """The three files of one head, and what each merge says of its fitted head (`onnxfuse.fusion`)."""
+    found, fusion = {}, {}
     for name, extra in BUILDS.items():
         output = folder / f"{case.key}_{head}_{name}.onnx"
         spec = FuseSpec(
@@ -104,19 +104,23 @@ def build(case: Case, head: str, folder: Path) -> dict[str, Path]:
         )  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the merge's caveats about the head's quality: not what is measured
-            merge(spec)
+            fusion[name] = merge(spec).fusion
         found[name] = output
-    return found
+    return found, fusion
 
 
-def describe(files: dict[str, Path]) -> list[str]:
+def describe(files: dict[str, Path], fusion: dict[str, dict]) -> list[str]:
+    """Size, node count and outputs of each file, and the fitted head's tuned settings (a stack's learner: the
+    head trained with source dropout may choose a larger model than the one without)."""
     import onnx
 
     lines = []
     for name, path in files.items():
         model = onnx.load(str(path), load_external_data=False)
         outputs = ", ".join(o.name for o in model.graph.output)
-        lines.append(f"     {name:8} {path.stat().st_size:>10,} B {len(model.graph.node):>5} nodes  outputs: {outputs}")
+        tuned = f"; tuned {json.dumps(fusion[name]['tuned'])}" if fusion[name].get("tuned") else ""
+        lines.append(f"     {name:8} {path.stat().st_size:>10,} B {len(model.graph.node):>5} nodes  outputs: {outputs}"
+                     + tuned)  # fmt: skip
     return lines
 
 
@@ -164,9 +168,9 @@ def run_case(case: Case, heads: Sequence[str], settings: Settings, folder: Path)
     timings: dict[str, dict[int, dict[str, Timing]]] = {}
     for head in heads:
         start = time.perf_counter()
-        files = build(case, head, folder)
+        files, fusion = build(case, head, folder)
         print(f"\n   head {HEADS[head][0]} (three merges {time.perf_counter() - start:.1f} s):")
-        print("\n".join(describe(files)))
+        print("\n".join(describe(files, fusion)))
         prepared = {name: inputs(path, case, settings.threads) for name, path in files.items()}
         sessions = {name: p[0] for name, p in prepared.items()}
         print("\n".join(agreement(sessions, {n: p[1] for n, p in prepared.items()},

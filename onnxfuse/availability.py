@@ -91,6 +91,14 @@ def masked_features(features: np.ndarray | None, columns: Columns, keep: np.ndar
     return out
 
 
+def only_theirs(columns: Columns, masked: np.ndarray, width: int) -> np.ndarray:
+    """`[F]` bool: the columns that only the `masked` sources (`[M]` bool) read."""
+    read = np.zeros((len(columns), width), dtype=bool)
+    for m, chosen in enumerate(columns):
+        read[m, list(chosen)] = True
+    return read[masked].any(axis=0) & ~read[~masked].any(axis=0)
+
+
 def _axis(graph: ir.Graph, name: str) -> ir.Value:
     return add_constant(graph, name, np.array([1], dtype=np.int64))
 

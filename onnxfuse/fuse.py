@@ -72,7 +72,8 @@ def fuse(
         head, report, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, binding)
     inputs = _head_inputs(spliced, roles, space, binding, spec, votes=fusion.votes, features=head.uses_features)
     if spec.explain:
-        outputs = explained(spliced.model, head, inputs, space, versions)
+        outputs = explained(spliced.model, head, inputs, space, versions, source_columns(binding),
+                            len(binding.features))
     else:
         outputs = head.build(spliced.model, inputs, space, versions)
         outputs.pop("weights", None)  # a mixture's per-row weights are an --explain output

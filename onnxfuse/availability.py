@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxfuse.bind import Binding
-from onnxfuse.support import add_constant, add_node
+from onnxfuse.support import add_constant, add_node, reduce_sum
 
 Columns = tuple[tuple[int, ...], ...]  # per source: the packed `features` columns it reads (numeric ones)
 
@@ -56,8 +56,7 @@ def graph_available(
     finite = []
     for m, signal in enumerate(signals, start=1):
         zero = add_node(graph, "Sub", [signal, signal], {}, f"m{m}/zero_if_finite")
-        finite.append(add_node(graph, "ReduceSum", [zero, _axis(graph, f"m{m}/finite_axis")], {"keepdims": 1},
-                               f"m{m}/finite_sum"))  # fmt: skip
+        finite.append(reduce_sum(graph, zero, [1], keepdims=True, name=f"m{m}/finite_sum"))
     sums = add_node(graph, "Concat", finite, {"axis": 1}, "available/finite_sums") if len(finite) > 1 else finite[0]
     available = add_node(graph, "Not", [add_node(graph, "IsNaN", [sums], {}, "available/not_finite")], {},
                          "available/finite")  # fmt: skip
@@ -97,10 +96,6 @@ def only_theirs(columns: Columns, masked: np.ndarray, width: int) -> np.ndarray:
     for m, chosen in enumerate(columns):
         read[m, list(chosen)] = True
     return read[masked].any(axis=0) & ~read[~masked].any(axis=0)
-
-
-def _axis(graph: ir.Graph, name: str) -> ir.Value:
-    return add_constant(graph, name, np.array([1], dtype=np.int64))
 
 
 def pattern_name(row: Sequence[bool]) -> str:

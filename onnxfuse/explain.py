@@ -22,7 +22,7 @@ import onnx_ir as ir
 from onnxfuse.availability import Columns, only_theirs
 from onnxfuse.heads.base import Head, HeadInputs, LabelSpace
 from onnxfuse.signals import Signals
-from onnxfuse.support import add_constant, add_node
+from onnxfuse.support import add_constant, add_node, reduce_sum, unsqueeze
 
 
 def explained(
@@ -98,13 +98,11 @@ def _masked_features(
     for m in range(count):
         hide[m + 1, 0] = only_theirs(columns, np.arange(count) == m, width)
         chosen[m + 1, 0, m] = 1.0
-    block_axis = _constant(graph, "explain/features_axis", [0])
-    spread = add_node(graph, "Unsqueeze", [features, block_axis], {}, "explain/features_block")  # [1, N, F]
-    rows = add_node(graph, "Unsqueeze", [available, block_axis], {}, "explain/available_rows")
+    spread = unsqueeze(graph, features, [0], "explain/features_block")  # [1, N, F]
+    rows = unsqueeze(graph, available, [0], "explain/available_rows")
     rows = add_node(graph, "Cast", [rows], {"to": ir.DataType.FLOAT}, "explain/available_rows_float")
     rows = add_node(graph, "Mul", [rows, add_constant(graph, "explain/chosen", chosen)], {}, "explain/chosen_rows")
-    axis = _constant(graph, "explain/source_axis", [2])
-    rows = add_node(graph, "ReduceSum", [rows, axis], {"keepdims": 1}, "explain/masked_available")  # [M + 1, N, 1]
+    rows = reduce_sum(graph, rows, [2], keepdims=True, name="explain/masked_available")  # [M + 1, N, 1]
     rows = add_node(graph, "Greater", [rows, add_constant(graph, "explain/half", np.array(0.5, np.float32))], {},
                     "explain/hide_rows")  # fmt: skip
     cells = add_node(graph, "And", [rows, add_constant(graph, "explain/hide", hide)], {}, "explain/hide_cells")
@@ -119,8 +117,7 @@ def _masked(graph: ir.Graph, available: ir.Value, count: int) -> ir.Value:
     keep = np.ones((count + 1, 1, count), dtype=bool)
     for m in range(count):
         keep[m + 1, 0, m] = False
-    axis = _constant(graph, "explain/block_axis", [0])
-    spread = add_node(graph, "Unsqueeze", [available, axis], {}, "explain/available_block")
+    spread = unsqueeze(graph, available, [0], "explain/available_block")
     anded = add_node(graph, "And", [spread, add_constant(graph, "explain/keep", keep)], {}, "explain/kept")
     shape = _constant(graph, "explain/available_shape", [-1, count])
     return add_node(graph, "Reshape", [anded, shape], {}, "explain/available")
@@ -139,8 +136,7 @@ def _at_predicted(graph: ir.Graph, per_block: ir.Value, full: ir.Value, classes:
                    "explain/predicted_hot")  # fmt: skip
     hot = add_node(graph, "Cast", [hot], {"to": ir.DataType.FLOAT}, "explain/predicted_mask")
     picked = add_node(graph, "Mul", [per_block, hot], {}, "explain/picked")
-    return add_node(graph, "ReduceSum", [picked, _constant(graph, "explain/class_axis", [2])], {"keepdims": 0},
-                    "explain/at_predicted")  # fmt: skip
+    return reduce_sum(graph, picked, [2], keepdims=False, name="explain/at_predicted")
 
 
 def _constant(graph: ir.Graph, name: str, values: list) -> ir.Value:

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.roles import OutputRole
-from onnxfuse.support import add_constant, add_node, as_float, class_array
+from onnxfuse.support import add_constant, add_node, as_float, class_array, unsqueeze
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +158,7 @@ def _graph_vote(graph: ir.Graph, outputs, role: OutputRole, classes, index: int,
         label = add_node(graph, "ArgMax", [signal], {"axis": 1, "keepdims": 0}, f"m{index}/vote_index")
         row = np.arange(len(classes), dtype=np.int64).reshape(1, -1)
     row = add_constant(graph, f"m{index}/vote_classes", row)
-    axes = add_constant(graph, f"m{index}/vote_axes", np.array([1], dtype=np.int64))
-    column = add_node(graph, "Unsqueeze", [label, axes], {}, f"m{index}/label_column")
+    column = unsqueeze(graph, label, [1], f"m{index}/label_column")
     equal = add_node(graph, "Equal", [column, row], {}, f"m{index}/vote_equal")
     return add_node(graph, "Cast", [equal], {"to": ir.DataType.FLOAT}, f"m{index}/vote")
 

@@ -77,6 +77,22 @@ def add_constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
+def reduce_sum(graph: ir.Graph, value: ir.Value, axes: Sequence[int], *, keepdims: bool, name: str) -> ir.Value:
+    """ReduceSum over `axes`, written for the graph's ai.onnx opset (axes an input from 13, an attribute before)."""
+    if graph.opset_imports.get("", 21) >= 13:
+        axes_value = add_constant(graph, f"{name.removeprefix(PREFIX)}_axes", np.array(axes, dtype=np.int64))
+        return add_node(graph, "ReduceSum", [value, axes_value], {"keepdims": int(keepdims)}, name)
+    return add_node(graph, "ReduceSum", [value], {"axes": list(axes), "keepdims": int(keepdims)}, name)
+
+
+def unsqueeze(graph: ir.Graph, value: ir.Value, axes: Sequence[int], name: str) -> ir.Value:
+    """Unsqueeze at `axes`, written for the graph's ai.onnx opset (axes an input from 13, an attribute before)."""
+    if graph.opset_imports.get("", 21) >= 13:
+        axes_value = add_constant(graph, f"{name.removeprefix(PREFIX)}_axes", np.array(axes, dtype=np.int64))
+        return add_node(graph, "Unsqueeze", [value, axes_value], {}, name)
+    return add_node(graph, "Unsqueeze", [value], {"axes": list(axes)}, name)
+
+
 def as_float(graph: ir.Graph, value: ir.Value, name: str) -> ir.Value:
     if value.dtype == ir.DataType.FLOAT:
         return value

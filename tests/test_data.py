@@ -629,16 +629,16 @@ def test_merge_prints_no_table_and_reports_no_metrics_when_holdout_is_zero(
     assert "baseline" not in result.stdout and "hold-out" not in result.stdout
     holdout = json.loads(report.read_text())["holdout"]
     assert holdout["metrics"] == {}
-    assert holdout["rows"] == {"train": ROWS, "holdout": 0, "skipped_not_finite": 0}
+    assert holdout["rows"] == {"train": ROWS, "holdout": 0, "skipped_not_finite": 0, "patterns": {"m1+m2": ROWS}}
     assert out.is_file()
     onnx.checker.check_model(str(out), full_check=True)
 
 
-def test_merge_trains_on_finite_rows_and_counts_the_rest_when_features_hold_nan_or_inf(
+def test_merge_trains_on_rows_with_a_source_masked_and_counts_those_with_an_infinite_feature(
     tmp_path: Path, classifiers: Path, rows: dict[str, np.ndarray]
 ) -> None:
     broken = {k: v.copy() for k, v in rows.items()}
-    broken["x"][:10, 0] = np.nan  # a source fed NaN says NaN: those rows cannot train the head
+    broken["x"][:10, 0] = np.nan  # a source fed NaN says NaN: it is masked there, and those rows train the head
     broken["x"][10:15, 2] = np.inf
     data = write_data("holes", tmp_path, broken)
     out, report = tmp_path / "fused.onnx", tmp_path / "r.json"
@@ -647,10 +647,11 @@ def test_merge_trains_on_finite_rows_and_counts_the_rest_when_features_hold_nan_
 
     assert result.exit_code == 0, result.stderr
     rows_used = json.loads(report.read_text())["holdout"]["rows"]
-    assert rows_used["skipped_not_finite"] == 15
-    assert rows_used["train"] + rows_used["holdout"] == ROWS - 15
+    assert rows_used["skipped_not_finite"] == 5
+    assert rows_used["train"] + rows_used["holdout"] == ROWS - 5
+    assert sum(rows_used["patterns"].values()) == ROWS and rows_used["patterns"].get("none", 0) == 0
     fused = ort_outputs(out, {"features": broken["x"][:20, :4]})
-    assert np.isfinite(fused["probabilities"][15:]).all()
+    assert np.isfinite(fused["probabilities"][:10]).all() and np.isfinite(fused["probabilities"][15:]).all()
 
 
 # --- an .npz array feeding a model input that is not a column ---------------------------------------------------------

@@ -85,7 +85,9 @@ def test_merge_beats_sources_and_baseline_when_fusion_data_is_small(tmp_path):
 
 
 def source_signals(sources: list[Path], x: np.ndarray, classes: tuple) -> Signals:
-    """What each source file says, run alone in onnxruntime: the head's input, computed independently."""
+    """What each source file says, run alone in onnxruntime on columns a, b and c, d: the head's input, computed
+    independently, with which sources are available on each row (some column held, the output finite)."""
+    from onnxfuse.availability import numpy_available, present
     from onnxfuse.load import load_model
     from onnxfuse.normalize import normalize
     from onnxfuse.roles import output_role
@@ -100,7 +102,9 @@ def source_signals(sources: list[Path], x: np.ndarray, classes: tuple) -> Signal
             probabilities = np.array([[row[c] for c in role.classes] for row in probabilities], dtype=np.float32)
         per_model.append(probabilities @ class_placement(role, classes))
         columns.append(meta_columns(role, classes))
-    return Signals(tuple(per_model), tuple(columns), (True,) * len(per_model))  # classifiers' probabilities
+    groups = ((0, 1), (2, 3))
+    available = numpy_available(per_model, present(x, groups, len(x)))
+    return Signals(tuple(per_model), tuple(columns), (True,) * len(per_model), available, groups)  # probabilities
 
 
 @pytest.mark.parametrize(

@@ -120,8 +120,9 @@ def classifier_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[P
     ids=["stack_passthrough", "gate", "stack_gbdt"],
 )
 def test_rows_with_nan_features_get_the_fitted_heads_output(classifier_sources, tmp_path, options):
-    """NaN features are read as the fusion rows' column means by the head (each source sees the NaN itself):
-    the file's outputs on those very rows equal the fitted head's, and are distributions."""
+    """NaN features are read as the fusion rows' column means by the head (each source sees the NaN itself, and
+    a source whose columns are all NaN is masked): the file's outputs on those very rows equal the fitted head's,
+    and are distributions."""
     sources, data = classifier_sources
     out = tmp_path / "fused.onnx"
     result = merge(fusion_spec(sources, data, out, **options))

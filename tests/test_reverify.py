@@ -241,9 +241,9 @@ def negate_head_coefficients(model: onnx.ModelProto) -> None:
 
 
 def head_reads_model_2_for_model_1(model: onnx.ModelProto) -> None:
-    """The head's column of model 1 taken from model 2's probabilities."""
-    first, second = _node(model, "fusion/m1/meta", "Gather"), _node(model, "fusion/m2/meta", "Gather")
-    first.input[0] = second.input[0]
+    """The head's column of model 1 taken from model 2's probabilities (where model 1 is available)."""
+    first, second = _node(model, "fusion/m1/filled", "Where"), _node(model, "fusion/m2/filled", "Where")
+    first.input[1] = second.input[1]
 
 
 def head_reads_inside_model_1(model: onnx.ModelProto) -> None:

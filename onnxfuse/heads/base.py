@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.roles import OutputRole
 from onnxfuse.signals import Signals
-from onnxfuse.support import FEATURES, add_constant, add_node
+from onnxfuse.support import FEATURES, add_constant, add_node, reduce_sum
 
 if TYPE_CHECKING:
     from onnxfuse.normalize import Versions
@@ -154,10 +154,9 @@ def with_prior(output: np.ndarray, available: np.ndarray, prior: np.ndarray) -> 
 
 def graph_with_prior(graph: ir.Graph, output: ir.Value, available: ir.Value, prior: np.ndarray, name: str) -> ir.Value:
     """`with_prior` in the graph: `output` (`[N, C]`, or `[N]` for one prior value) where any source is available."""
-    axis = add_constant(graph, f"{name}/any_axis", np.array([1], dtype=np.int64))
     count = add_node(graph, "Cast", [available], {"to": ir.DataType.FLOAT}, f"{name}/available_float")
-    keep = 1 if len(prior) > 1 else 0
-    total = add_node(graph, "ReduceSum", [count, axis], {"keepdims": keep}, f"{name}/available_count")
+    keep = len(prior) > 1
+    total = reduce_sum(graph, count, [1], keepdims=keep, name=f"{name}/available_count")
     zero = add_constant(graph, f"{name}/zero", np.array(0.0, dtype=np.float32))
     spoken = add_node(graph, "Greater", [total, zero], {}, f"{name}/any_available")
     shaped = prior.reshape(1, -1) if keep else prior.reshape(())

@@ -28,7 +28,7 @@ from onnxfuse.heads.base import (
     with_prior,
 )
 from onnxfuse.signals import Signals
-from onnxfuse.support import add_constant, add_node
+from onnxfuse.support import add_constant, add_node, reduce_sum, unsqueeze
 
 GATE_L2 = 1e-3
 BLOCKED = -1e30  # the logit of an unavailable source: its weight is exp(-1e30 - max) = 0 in float32 and float64
@@ -93,9 +93,8 @@ class Mixture:
     def build(self, model: ir.Model, inputs: HeadInputs, space: LabelSpace, versions) -> dict:
         graph, signals = model.graph, inputs.signals
         logits = self._graph_logits(graph, inputs)
-        axis1 = add_constant(graph, "mix/axis1", np.array([1], dtype=np.int64))
         if space.task == "classification":
-            columns = [add_node(graph, "Unsqueeze", [s, axis1], {}, f"mix/m{m + 1}") for m, s in enumerate(signals)]
+            columns = [unsqueeze(graph, s, [1], f"mix/m{m + 1}") for m, s in enumerate(signals)]
             experts = add_node(graph, "Concat", columns, {"axis": 1}, "mix/experts")  # [N, M, C]
         else:
             experts = add_node(graph, "Concat", list(signals), {"axis": 1}, "mix/experts")  # [N, M]
@@ -109,15 +108,14 @@ class Mixture:
                                                                 "mix/usable_float")], {}, "mix/weights")  # fmt: skip
         spread, gone = weights, usable
         if space.task == "classification":
-            axis2 = add_constant(graph, "mix/axis2", np.array([2], dtype=np.int64))
-            spread = add_node(graph, "Unsqueeze", [weights, axis2], {}, "mix/weights_column")
+            spread = unsqueeze(graph, weights, [2], "mix/weights_column")
             if usable is not None:
-                gone = add_node(graph, "Unsqueeze", [usable, axis2], {}, "mix/usable_column")
+                gone = unsqueeze(graph, usable, [2], "mix/usable_column")
         if usable is not None:  # an unavailable expert's NaN must not reach the sum (NaN * 0 is NaN)
             experts = add_node(graph, "Where", [gone, experts, _constant(graph, "mix/zero", 0.0)], {},
                                "mix/available_experts")  # fmt: skip
         product = add_node(graph, "Mul", [experts, spread], {}, "mix/weighted")
-        mixed = add_node(graph, "ReduceSum", [product, axis1], {"keepdims": 0}, "mix/mixed")
+        mixed = reduce_sum(graph, product, [1], keepdims=False, name="mix/mixed")
         if usable is not None:
             mixed = graph_with_prior(graph, mixed, usable, self.prior, "mix/prior")
         key = "probabilities" if space.task == "classification" else "prediction"

@@ -53,8 +53,12 @@ def explained(
                       {"axis": 1}, "explain/masked")  # fmt: skip
     whole = add_node(graph, "Gather", [columns, _constant(graph, "explain/full_block", [0])], {"axis": 1},
                      "explain/whole")  # fmt: skip
-    outputs = {key: full, "available": inputs.available,
-               "source_effects": add_node(graph, "Sub", [masked, whole], {}, "explain/source_effects")}  # fmt: skip
+    moved = add_node(graph, "Sub", [masked, whole], {}, "explain/moved")
+    zero = add_constant(graph, "explain/zero", np.array(0.0, dtype=np.float32))
+    # exactly 0 where the source is unavailable: its two blocks are the same rows, but a kernel may round a row
+    # otherwise at another position in the batch (onnxruntime's MatMul: -6e-8)
+    effects = add_node(graph, "Where", [available, moved, zero], {}, "explain/source_effects")
+    outputs = {key: full, "available": available, "source_effects": effects}
     if "weights" in built:
         weights = _blocks(graph, built["weights"], blocks, [count], "explain/weights")
         outputs["weights"] = add_node(graph, "Gather", [weights, first], {"axis": 0}, "explain/full_weights")
@@ -80,7 +84,7 @@ def numpy_effects(head: Head, signals: Signals, features: np.ndarray | None) -> 
             effects.append(masked[rows, predicted] - full[rows, predicted])
         else:
             effects.append(masked - full)
-    return np.stack(effects, axis=1).astype(np.float32)
+    return np.where(signals.mask, np.stack(effects, axis=1), 0.0).astype(np.float32)
 
 
 def _tiled(graph: ir.Graph, value: ir.Value, blocks: int, name: str) -> ir.Value:

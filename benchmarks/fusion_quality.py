@@ -123,9 +123,12 @@ def scores(task: str, y: np.ndarray, values: np.ndarray, label: np.ndarray | Non
     proba = proba / proba.sum(axis=1, keepdims=True)
     classes = np.arange(proba.shape[1])
     label = classes[proba.argmax(axis=1)] if label is None else label
+    # ROC AUC ranks the rows: on probabilities rounded to 6 decimals, so float32 rounding (1e-8) between two builds
+    # of one head does not reorder tied values (a vote's shares are tied on most rows: 0.95 vs 0.98 from 6e-8)
+    ranked = np.round(proba, 6)
     try:
-        auc = roc_auc_score(y, proba[:, 1]) if len(classes) == 2 else roc_auc_score(
-            y, proba, multi_class="ovr", average="macro", labels=classes)  # fmt: skip
+        auc = roc_auc_score(y, ranked[:, 1]) if len(classes) == 2 else roc_auc_score(
+            y, ranked, multi_class="ovr", average="macro", labels=classes)  # fmt: skip
     except ValueError:  # a class missing from the test rows
         auc = float("nan")
     return {"accuracy": float(np.mean(label == y)), "log_loss": log_loss(y, proba, labels=classes), "roc_auc": auc}
@@ -571,6 +574,9 @@ def missing_goals(name: str, task: str, chosen: Sequence[Head], sources: Sequenc
                 text += f" (lowest Δ {low[0]:+.4f}, {low[1]})"
             if below:
                 text += "; below: " + ", ".join(below)
+                if metric == "roc_auc" and any(b.startswith("vote ") for b in below) and pattern != "all":
+                    text += " (vote's probabilities are its weighted one-hot votes: ranked against a source's own "
+                    text += "probabilities they tie)"
             if unjudged:
                 text += "; no reference for: " + ", ".join(unjudged)
             found.append(("MISS" if below else "PASS", text))

@@ -32,7 +32,7 @@ def read_table(path: Path) -> Table:
         elif suffix in (".csv", ".parquet", ".pq"):
             arrow = pa_csv.read_csv(path) if suffix == ".csv" else pq.read_table(path)
             _refuse_repeated_columns(arrow.column_names, path)
-            table = {name: _to_numpy(column) for name, column in zip(arrow.column_names, arrow.columns)}
+            table = {name: to_numpy(column) for name, column in zip(arrow.column_names, arrow.columns)}
         else:
             raise OnnxfuseError(f"data {path}: unknown format '{suffix}'; use .csv, .parquet or .npz")
     except (pa.ArrowException, OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -110,7 +110,7 @@ def _read_npz(path: Path) -> Table:
         raise OnnxfuseError(f"data {path}: cannot read it ({reason(exc, 200)})") from exc
 
 
-def _to_numpy(column) -> np.ndarray:
+def to_numpy(column) -> np.ndarray:
     import pyarrow as pa
 
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):

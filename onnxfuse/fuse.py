@@ -24,6 +24,7 @@ from onnxfuse import progress
 from onnxfuse.availability import graph_available, source_columns
 from onnxfuse.bind import Binding
 from onnxfuse.errors import OnnxfuseError, warn
+from onnxfuse.evaluation import Evaluation
 from onnxfuse.explain import explained
 from onnxfuse.feeds import Labelled
 from onnxfuse.heads import fusion as chosen_fusion
@@ -46,6 +47,7 @@ class Fused:
     space: LabelSpace
     head: Head
     metadata: dict  # `onnxfuse.fusion`
+    evaluation: Evaluation | None = None  # the hold-out rows' answers (see `train.train_head`)
 
 
 def fuse(
@@ -67,9 +69,9 @@ def fuse(
     fusion.check_sources(roles, space.task)
     if labelled is None:
         roles = _checked_roles(roles, _sources_alone(models, roles, binding, feeds), fusion)
-        head, report = fusion.untrained(len(models), space), None
+        head, report, evaluation = fusion.untrained(len(models), space), None, None
     else:
-        head, report, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, binding)
+        head, report, evaluation, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, binding)
     inputs = _head_inputs(spliced, roles, space, binding, spec, votes=fusion.votes, features=head.uses_features)
     if spec.explain:
         outputs = explained(spliced.model, head, inputs, space, versions, source_columns(binding),
@@ -85,7 +87,9 @@ def fuse(
     metadata = {"method": fusion.name, **head.metadata(), **({"holdout": report} if report is not None else {})}
     if spec.explain:
         metadata["explain"] = [name for name in CONTRACT_OUTPUTS[3:] if name in outputs]
-    return Fused(spliced.model, space, head, metadata)
+    if evaluation is not None:  # the report shows the head's choice beside the hold-out figures
+        evaluation = dataclasses.replace(evaluation, summary={**head.metadata(), "method": fusion.name, **report})
+    return Fused(spliced.model, space, head, metadata, evaluation)
 
 
 def _head_inputs(spliced: Spliced, roles, space: LabelSpace, binding: Binding, spec: FuseSpec, *, votes: bool,
@@ -118,8 +122,8 @@ def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: F
                             feature_columns=columns)  # fmt: skip
     head_signals = numpy_votes(signals, scores, labelled.classes) if fusion.votes else signals
     names = [(f"m{m.source.index} {m.source.name}", _reading(r, labelled)) for m, r in zip(models, roles)]
-    head, report = train_head(fusion, signals, head_signals, labelled, spec, names=names)
-    return head, report, roles
+    head, report, evaluation = train_head(fusion, signals, head_signals, labelled, spec, names=names)
+    return head, report, evaluation, roles
 
 
 def _reading(role: OutputRole, labelled: Labelled) -> str | None:

@@ -14,8 +14,9 @@ from pathlib import Path
 import onnxfuse.progress
 from onnxfuse import __version__
 from onnxfuse.bind import InputBinding, bind
-from onnxfuse.data import column_names, read_table
+from onnxfuse.data import Table, column_names, read_table
 from onnxfuse.emit import check_output, check_sealed, emit, fused_metadata, metadata_json, stage, workspace
+from onnxfuse.evaluation import Evaluation
 from onnxfuse.feeds import labelled_rows, source_rows, verification_feeds
 from onnxfuse.fuse import Fused, fuse
 from onnxfuse.heads.base import Head
@@ -24,7 +25,7 @@ from onnxfuse.mobile import write_ort
 from onnxfuse.normalize import Versions, normalize
 from onnxfuse.optimize import optimize
 from onnxfuse.progress import Reporter, reporting
-from onnxfuse.report import write_report
+from onnxfuse.report import check_report, write_report
 from onnxfuse.roles import looks_like_classifier
 from onnxfuse.spec import FuseSpec, check_spec
 from onnxfuse.splice import splice
@@ -44,22 +45,26 @@ class FuseResult:
     head: Head
     ort: bool = False
     why: str = ""  # why the task was chosen, for the summary line
+    evaluation: Evaluation | None = None  # the hold-out rows' answers, for the HTML report and Python users
 
 
-def merge(spec: FuseSpec, *, progress: Reporter | None = None) -> FuseResult:
+def merge(spec: FuseSpec, *, progress: Reporter | None = None, table: Table | None = None) -> FuseResult:
     """load -> normalize -> bind -> splice -> fuse (score, train) -> optimize -> verify -> emit; `progress` hears
-    of each long stage (see `onnxfuse.progress`)."""
+    of each long stage (see `onnxfuse.progress`). `table`: the data's columns when they are in memory already
+    (the Python API), `spec.data` then only names them in messages."""
     with reporting(progress):
-        return _merge(spec)
+        return _merge(spec, table)
 
 
-def _merge(spec: FuseSpec) -> FuseResult:
+def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
     check_spec(spec)
-    inputs = [m.path for m in spec.models] + ([spec.data] if spec.data else [])
+    inputs = [m.path for m in spec.models] + ([spec.data] if spec.data and table is None else [])
     check_output(spec.output, inputs)
     if spec.report is not None:
+        check_report(spec)
         check_output(spec.report, [*inputs, spec.output])
-    table = read_table(spec.data) if spec.data else None
+    if table is None and spec.data:
+        table = read_table(spec.data)
     sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))
     models, versions = normalize(sources, target_opset=spec.target_opset, max_ir_version=spec.max_ir_version)
     with blaming(models):
@@ -82,10 +87,10 @@ def _merge(spec: FuseSpec) -> FuseResult:
                 staged = write_ort(staged, spec.output, feeds)
             emit(staged)
     if spec.report is not None:
-        write_report(spec.report, fused.metadata)
+        write_report(spec.report, fused.metadata, fused.evaluation, title=f"onnxfuse merge: {spec.output.name}")
     why = labelled.why if labelled is not None else f"the sources are {fused.space.task} models"
     return FuseResult(spec.output, binding.features, fused.space.classes, fused.space.task, versions,
-                      fused.metadata, fused.head, ort=spec.ort, why=why)  # fmt: skip
+                      fused.metadata, fused.head, ort=spec.ort, why=why, evaluation=fused.evaluation)  # fmt: skip
 
 
 def _metadata(sources: Sequence[SourceModel], binding, fused: Fused) -> dict[str, str]:

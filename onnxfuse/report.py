@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxfuse.errors import OnnxfuseError
+from onnxfuse.evaluation import Evaluation
+
 CLASSIFICATION_METRICS = ("accuracy", "log_loss", "roc_auc")
 REGRESSION_METRICS = ("r2", "rmse")
 
@@ -84,8 +87,28 @@ def _choice(scores: dict[str, float], cv: dict, chosen: str) -> str:
     return f" among {len(scores)} candidates ({cv['folds']}-fold {cv['metric'].replace('_', ' ')} {scores[chosen]:.4f})"
 
 
-def write_report(path: Path, fusion: dict) -> None:
-    """`--report`: the fusion metadata as JSON, written to a temp file and renamed into place."""
+def check_report(spec) -> None:
+    """Before the merge: an HTML report needs hold-out rows to plot, and matplotlib."""
+    if spec.report.suffix.lower() not in (".html", ".htm"):
+        return
+    if not spec.target or spec.holdout <= 0:
+        raise OnnxfuseError(
+            f"--report {spec.report}: the HTML report plots the hold-out rows; give --data, --target and a "
+            "--holdout above 0 (or write .json)"
+        )
+    from onnxfuse.report_html import require_matplotlib
+
+    require_matplotlib(spec.report)
+
+
+def write_report(path: Path, fusion: dict, evaluation: Evaluation | None = None, *, title: str = "") -> None:
+    """`--report`: the fusion metadata as JSON, or (`.html`) the self-contained report of the hold-out rows; written
+    to a temp file and renamed into place."""
+    if path.suffix.lower() in (".html", ".htm") and evaluation is not None:
+        from onnxfuse.report_html import write_html
+
+        write_html(path, evaluation, title=title)
+        return
     text = json.dumps(fusion, sort_keys=True, indent=2) + "\n"
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)

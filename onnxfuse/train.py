@@ -10,6 +10,7 @@ from onnxfuse import progress
 from onnxfuse.availability import masked_features, pattern_counts, pattern_name, report_patterns
 from onnxfuse.caveats import caveats
 from onnxfuse.errors import OnnxfuseError
+from onnxfuse.evaluation import FUSED, Evaluation
 from onnxfuse.feeds import Labelled, split_rows
 from onnxfuse.heads.base import Fusion, Head, LabelSpace, Standardizer, learner_target, target_prior, with_prior
 from onnxfuse.heads.learners import fit_learner, folds, tune
@@ -28,7 +29,7 @@ def train_head(
     spec: FuseSpec,
     *,
     names: Sequence[tuple[str, str | None]],
-) -> tuple[Head, dict]:
+) -> tuple[Head, dict, Evaluation | None]:
     """Fit, report on the seeded (stratified) hold-out against every source and a
     from-scratch baseline of the same family on the raw features, then refit on all
     rows (the head chosen and tuned on the training part: `Fusion.refit`).
@@ -44,7 +45,8 @@ def train_head(
     predicts the target, for metrics of its own: "signal" (a classifier of a
     classification target, a regressor of a regression one), "softmax" (unlabeled
     scores, one per class: read through a softmax), or None (not comparable). What
-    the figures say a user should know is warned of and listed (`caveats`).
+    the figures say a user should know is warned of and listed (`caveats`). The hold-out answers themselves come
+    back as an `Evaluation` (None without hold-out rows), for the HTML report and Python users.
     """
     from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
@@ -52,7 +54,7 @@ def train_head(
         return _train_head(fusion, signals, head_signals, labelled, spec, names)
 
 
-def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpec, names) -> tuple[Head, dict]:
+def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpec, names):
     features = labelled.feeds.get("features")
     if features is None and fusion.needs_features(spec):
         flags = f"--fusion {fusion.name}{' --passthrough' if spec.passthrough else ''}"
@@ -76,15 +78,32 @@ def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpe
         report["rows"]["patterns"] = pattern_counts(all_signals.mask)
     if not len(held):
         head = fusion.fit(head_signals, features, labelled.target, space, spec)
-        return head, {**report, "warnings": caveats(report, head.metadata(), spec)}
+        return head, {**report, "warnings": caveats(report, head.metadata(), spec)}, None
     fitted = fusion.fit(head_signals.take(train), _rows(features, train), labelled.target[train], space, spec)
     fused = fitted.predict(head_signals.take(held), _rows(features, held))
-    report["metrics"] = _holdout_metrics(fusion, fused, signals, features, labelled, train, held, names, spec)
+    outputs = _holdout_outputs(fusion, fused, signals, features, labelled, train, held, names, spec)
+    truth = labelled.target[held]
+    report["metrics"] = {name: metrics(labelled.task, truth, outputs[name], labelled.classes) if name in outputs
+                         else {} for name in (*(n for n, _ in names), *outputs)}  # fmt: skip
     if spec.availability:
         report["patterns"] = _pattern_metrics(fitted, signals, head_signals, features, labelled, train, held, names)
     progress.stage("fitting the head on all rows")
     head = fusion.refit(fitted, head_signals, features, labelled.target, space, spec)
-    return head, {**report, "warnings": caveats(report, fitted.metadata(), spec)}
+    report = {**report, "warnings": caveats(report, fitted.metadata(), spec)}
+    evaluation = Evaluation(labelled.task, labelled.classes, truth, outputs, tuple(n for n, _ in names), report,
+                            **_explained(fitted, head_signals.take(held), _rows(features, held), spec))  # fmt: skip
+    return head, report, evaluation
+
+
+def _explained(fitted: Head, signals: Signals, features: np.ndarray | None, spec: FuseSpec) -> dict:
+    """What `--explain` outputs, on the hold-out rows, as the head fitted on the training part gives them."""
+    from onnxfuse.explain import numpy_effects
+    from onnxfuse.heads.mixture import Mixture
+
+    if not spec.availability:
+        return {}
+    weights = fitted.weights(signals, features) if isinstance(fitted, Mixture) else None
+    return {"available": signals.mask, "effects": numpy_effects(fitted, signals, features), "weights": weights}
 
 
 def _usable_rows(signals: Signals, features: np.ndarray | None, spec: FuseSpec) -> np.ndarray:
@@ -97,19 +116,20 @@ def _usable_rows(signals: Signals, features: np.ndarray | None, spec: FuseSpec) 
     return usable
 
 
-def _holdout_metrics(fusion, fused, signals, features, labelled, train, held, names, spec) -> dict:
-    task, classes, truth = labelled.task, labelled.classes, labelled.target[held]
+def _holdout_outputs(fusion, fused, signals, features, labelled, train, held, names, spec) -> dict[str, np.ndarray]:
+    """Each comparable source alone (the prior where it is unavailable), the fused head and the baseline, on the
+    hold-out rows."""
+    task, classes = labelled.task, labelled.classes
     prior = target_prior(learner_target(labelled.target[train], LabelSpace(task, classes)), LabelSpace(task, classes))
-    table = {}
+    outputs = {}
     for m, ((name, reading), signal) in enumerate(zip(names, signals.per_model)):
-        own = _alone(signal[held], reading, task)
-        own = with_prior(own, signals.mask[held][:, [m]], prior) if reading else own
-        table[name] = metrics(task, truth, own, classes) if reading else {}
-    table["fused"] = metrics(task, truth, fused, classes)
+        if reading:
+            outputs[name] = with_prior(_alone(signal[held], reading, task), signals.mask[held][:, [m]], prior)
+    outputs[FUSED] = np.asarray(fused)
     if features is not None:
         family, output = _baseline(fusion.baseline_family(spec), features, labelled, train, held, spec)
-        table[f"baseline ({family} on raw features)"] = metrics(task, truth, output, classes)
-    return table
+        outputs[f"baseline ({family} on raw features)"] = np.asarray(output)
+    return outputs
 
 
 def _pattern_metrics(fitted: Head, signals: Signals, head_signals: Signals, features, labelled: Labelled, train,

@@ -66,16 +66,13 @@ class MergeResult:
 
     def save_report(self, path: str | os.PathLike) -> Path:
         """The report as `--report` writes it: `.json`, or `.html` with the plots of the hold-out rows."""
-        from onnxfuse.report import write_report
+        from onnxfuse.report import check_html, is_html, write_report
 
         target = Path(path)
-        if target.suffix.lower() in (".html", ".htm"):
-            if self.evaluation is None:
-                raise OnnxfuseError(f"report {target}: there are no hold-out rows to plot; merge with a target and "
-                                    "holdout above 0, or write .json")  # fmt: skip
-            from onnxfuse.report_html import require_matplotlib
-
-            require_matplotlib(target)
+        if is_html(target) and self.evaluation is None:
+            raise OnnxfuseError(f"report {target}: there are no hold-out rows to plot; merge with a target and "
+                                "holdout above 0, or write .json")  # fmt: skip
+        check_html(target, [])
         write_report(target, self.report, self.evaluation, title="onnxfuse.merge")
         return target
 

@@ -177,6 +177,47 @@ def inspect(model: Path, as_json: bool) -> None:
     click.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else format_text(info))
 
 
+@cli.command()
+@click.argument("fused", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("data", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The answers to write: .csv or .parquet.")  # fmt: skip
+@click.option("--keep", multiple=True, metavar="COLUMN",
+              help="Copy this DATA column (an id, say) into the output first; repeatable.")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (it goes to stderr on a terminal only).")
+def predict(fused: Path, data: Path, output: Path, keep: tuple[str, ...], quiet: bool) -> None:
+    """Score FUSED on DATA (columns by name): label and probabilities, or prediction."""
+    from onnxfuse.predict import write_predictions
+
+    with _Progress(enabled=not quiet and sys.stderr.isatty()) as progress:
+        rows = write_predictions(fused, data, output, keep=keep, progress=progress.rows)
+    click.echo(f"wrote {output}: {rows} rows")
+
+
+@cli.command(name="evaluate")
+@click.argument("fused", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("models", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled rows (.csv, .parquet, .npz).")
+@click.option("--target", required=True, help="The label column in --data.")
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Also write the report: .json, or .html with plots (pip install 'onnxfuse[report]').")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (it goes to stderr on a terminal only).")
+def evaluate_command(fused: Path, models: tuple[Path, ...], data: Path, target: str, report: Path | None,
+                     quiet: bool) -> None:  # fmt: skip
+    """Score FUSED (and its source MODELS, matched by sha256) on new labelled rows."""
+    from onnxfuse.evaluate import evaluate
+    from onnxfuse.report import check_html, format_evaluation, write_report
+
+    if report is not None:
+        check_html(report, [fused, data, *models])
+    with _Progress(enabled=not quiet and sys.stderr.isatty()) as progress:
+        evaluation = evaluate(fused, data, target, sources=models, progress=progress.rows)
+    click.echo(format_evaluation(evaluation.summary))
+    if report is not None:
+        write_report(report, evaluation.summary, evaluation, title=f"onnxfuse evaluate: {fused.name} on {data.name}")
+        click.echo(f"wrote {report}")
+
+
 def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseSpec:
     """Flags, over the spec file's settings where a flag is given on the command line."""
     settings = read_spec(spec_file) if spec_file is not None else {}

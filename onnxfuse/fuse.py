@@ -121,12 +121,12 @@ def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: F
     signals = numpy_signals(scores, roles, labelled.classes, features=labelled.feeds.get(FEATURES),
                             feature_columns=columns)  # fmt: skip
     head_signals = numpy_votes(signals, scores, labelled.classes) if fusion.votes else signals
-    names = [(f"m{m.source.index} {m.source.name}", _reading(r, labelled)) for m, r in zip(models, roles)]
+    names = [(f"m{m.source.index} {m.source.name}", reading_of(r, labelled)) for m, r in zip(models, roles)]
     head, report, evaluation = train_head(fusion, signals, head_signals, labelled, spec, names=names)
     return head, report, evaluation, roles
 
 
-def _reading(role: OutputRole, labelled: Labelled) -> str | None:
+def reading_of(role: OutputRole, labelled: Labelled) -> str | None:
     """How the hold-out report scores a source alone (see `train.train_head`)."""
     if role.task == labelled.task:
         return "signal"

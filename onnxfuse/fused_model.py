@@ -44,6 +44,11 @@ class FusedModel:
         self.outputs = tuple(o.name for o in self._session.get_outputs())
 
     @property
+    def features_dtype(self) -> str:
+        """The packed `features` input's element type, as `--features-dtype` names it."""
+        return str(self._recorded("onnxfuse.features_dtype", "float32"))
+
+    @property
     def task(self) -> str:
         return "classification" if self.classes is not None else "regression"
 

@@ -61,8 +61,7 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
     inputs = [m.path for m in spec.models] + ([spec.data] if spec.data and table is None else [])
     check_output(spec.output, inputs)
     if spec.report is not None:
-        check_report(spec)
-        check_output(spec.report, [*inputs, spec.output])
+        check_report(spec, [*inputs, spec.output])
     if table is None and spec.data:
         table = read_table(spec.data)
     sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))

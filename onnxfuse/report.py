@@ -59,18 +59,35 @@ def format_table(report: dict, fusion: dict | None = None) -> str:
         lines.append(f"rows per availability pattern: {listed}; a source alone answers the prior where it is missing")
     if report.get("patterns"):
         lines.append("by availability pattern (hold-out rows with those sources, the others masked):")
-        table = [("pattern", "rows", "model", *names)]
-        for pattern, entry in report["patterns"].items():
-            for number, (name, values) in enumerate(entry["metrics"].items() or [("-", {})]):
-                first = number == 0
-                table.append((pattern if first else "", str(entry["rows"]) if first else "", name,
-                              *(_cell(values.get(n)) for n in names)))  # fmt: skip
-        lines.extend("  " + line for line in _aligned(table, left=3))
+        lines.extend(_pattern_lines(report["patterns"], names))
     chosen = (fusion or {}).get("chosen")
     if chosen is not None:
         scores, cv = fusion["candidates"], fusion["cv"]
         lines.append(f"head: {chosen}, chosen by --meta auto{_choice(scores, cv, chosen)}")
     return "\n".join(lines)
+
+
+def format_evaluation(summary: dict) -> str:
+    """The table `onnxfuse evaluate` prints: each model on all rows, then per availability pattern."""
+    names = CLASSIFICATION_METRICS if summary["task"] == "classification" else REGRESSION_METRICS
+    rows = [("model", *names)] + [(name, *(_cell(values.get(n)) for n in names))
+                                  for name, values in summary["metrics"].items()]  # fmt: skip
+    lines = [f"evaluated on {summary['rows']['evaluated']} rows", *_aligned(rows, left=1)]
+    if len(summary.get("patterns", {})) > 1:
+        lines.append("by availability pattern (the rows as they are):")
+        lines.extend(_pattern_lines(summary["patterns"], names))
+    return "\n".join(lines)
+
+
+def _pattern_lines(patterns: dict, names: Sequence[str]) -> list[str]:
+    """One block per availability pattern: its rows, then each model scored on them."""
+    table = [("pattern", "rows", "model", *names)]
+    for pattern, entry in patterns.items():
+        for number, (name, values) in enumerate(entry["metrics"].items() or [("-", {})]):
+            first = number == 0
+            table.append((pattern if first else "", str(entry["rows"]) if first else "", name,
+                          *(_cell(values.get(n)) for n in names)))  # fmt: skip
+    return ["  " + line for line in _aligned(table, left=3)]
 
 
 def _aligned(rows: Sequence[Sequence[str]], *, left: int) -> list[str]:
@@ -87,24 +104,35 @@ def _choice(scores: dict[str, float], cv: dict, chosen: str) -> str:
     return f" among {len(scores)} candidates ({cv['folds']}-fold {cv['metric'].replace('_', ' ')} {scores[chosen]:.4f})"
 
 
-def check_report(spec) -> None:
+def check_report(spec, inputs: list[Path]) -> None:
     """Before the merge: an HTML report needs hold-out rows to plot, and matplotlib."""
-    if spec.report.suffix.lower() not in (".html", ".htm"):
-        return
-    if not spec.target or spec.holdout <= 0:
+    if is_html(spec.report) and (not spec.target or spec.holdout <= 0):
         raise OnnxfuseError(
             f"--report {spec.report}: the HTML report plots the hold-out rows; give --data, --target and a "
             "--holdout above 0 (or write .json)"
         )
-    from onnxfuse.report_html import require_matplotlib
+    check_html(spec.report, inputs)
 
-    require_matplotlib(spec.report)
+
+def check_html(path: Path, inputs: list[Path]) -> None:
+    """Before any work: the report can be written there, and an HTML one has matplotlib to plot with."""
+    from onnxfuse.emit import check_output
+
+    check_output(path, inputs)
+    if is_html(path):
+        from onnxfuse.report_html import require_matplotlib
+
+        require_matplotlib(path)
+
+
+def is_html(path: Path) -> bool:
+    return path.suffix.lower() in (".html", ".htm")
 
 
 def write_report(path: Path, fusion: dict, evaluation: Evaluation | None = None, *, title: str = "") -> None:
     """`--report`: the fusion metadata as JSON, or (`.html`) the self-contained report of the hold-out rows; written
     to a temp file and renamed into place."""
-    if path.suffix.lower() in (".html", ".htm") and evaluation is not None:
+    if is_html(path) and evaluation is not None:
         from onnxfuse.report_html import write_html
 
         write_html(path, evaluation, title=title)

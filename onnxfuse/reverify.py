@@ -34,10 +34,10 @@ def reverify(fused: Path, models: Sequence[Path], *, data: Path | None = None, s
     Bad input raises OnnxfuseError; a difference VerificationError.
     """
     proto = load_model(ModelSpec(fused), 0).proto
-    sources = _recorded_sources(proto, fused)
+    sources = recorded_sources(_metadata(proto), fused)
     if len(models) != len(sources):
         raise OnnxfuseError(f"{fused.name} was fused from {len(sources)} models; {len(models)} given")
-    ordered = _match_by_hash(sources, models, fused)
+    ordered = match_by_hash(sources, models, fused)
     specs = [ModelSpec(path, _features(entry), entry.get("name")) for path, entry in zip(ordered, sources)]
     loaded = [load_model(spec, index) for index, spec in enumerate(specs, start=1)]
     opsets = {o.domain: o.version for o in proto.opset_import}
@@ -84,8 +84,8 @@ def _metadata(proto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def _recorded_sources(proto, fused: Path) -> list[dict]:
-    metadata = _metadata(proto)
+def recorded_sources(metadata: dict[str, str], fused: Path) -> list[dict]:
+    """The file's `onnxfuse.sources`, checked: one entry with a sha256 per source."""
     if "onnxfuse.sources" not in metadata or "onnxfuse.features" not in metadata:
         raise OnnxfuseError(f"{fused}: not written by onnxfuse merge (no onnxfuse.sources metadata)")
     try:
@@ -97,7 +97,8 @@ def _recorded_sources(proto, fused: Path) -> list[dict]:
     return sources
 
 
-def _match_by_hash(sources: list[dict], models: Sequence[Path], fused: Path) -> list[Path]:
+def match_by_hash(sources: list[dict], models: Sequence[Path], fused: Path) -> list[Path]:
+    """The given files in the recorded sources' order, matched by sha256 (any order given; each must match)."""
     for path in models:
         if not path.is_file():
             raise OnnxfuseError(f"model {path}: no such file")

@@ -124,7 +124,7 @@ def _holdout_outputs(fusion, fused, signals, features, labelled, train, held, na
     outputs = {}
     for m, ((name, reading), signal) in enumerate(zip(names, signals.per_model)):
         if reading:
-            outputs[name] = with_prior(_alone(signal[held], reading, task), signals.mask[held][:, [m]], prior)
+            outputs[name] = with_prior(alone(signal[held], reading, task), signals.mask[held][:, [m]], prior)
     outputs[FUSED] = np.asarray(fused)
     if features is not None:
         family, output = _baseline(fusion.baseline_family(spec), features, labelled, train, held, spec)
@@ -149,7 +149,7 @@ def _pattern_metrics(fitted: Head, signals: Signals, head_signals: Signals, feat
         for m in np.flatnonzero(pattern):
             name, reading = names[m]
             if reading:
-                own = _alone(signals.per_model[m][rows], reading, task)
+                own = alone(signals.per_model[m][rows], reading, task)
                 entry["metrics"][name] = metrics(task, truth, own, classes)
         keep = np.broadcast_to(pattern, (len(rows), len(pattern)))
         masked = masked_features(_rows(features, rows), signals.feature_columns or (), keep)
@@ -158,7 +158,7 @@ def _pattern_metrics(fitted: Head, signals: Signals, head_signals: Signals, feat
     return table
 
 
-def _alone(signal: np.ndarray, reading: str | None, task: str) -> np.ndarray:
+def alone(signal: np.ndarray, reading: str | None, task: str) -> np.ndarray:
     """A source's own prediction of the target from its signal (see `train_head` for `reading`)."""
     own = signal if task == "classification" else signal[:, 0]
     return _softmax(own) if reading == "softmax" else own

@@ -10,7 +10,7 @@ import numpy as np
 
 from onnxfuse.availability import pattern_counts, pattern_name, source_columns
 from onnxfuse.data import Table, read_table, read_target
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.errors import OnnxfuseError, VerificationError
 from onnxfuse.evaluation import FUSED, Evaluation
 from onnxfuse.fused_model import FusedModel
 from onnxfuse.heads.base import LabelSpace, learner_target, target_prior, with_prior
@@ -90,7 +90,10 @@ def _sources(model: FusedModel, fused: Path, paths: Sequence[Path], table: Table
     recorded = recorded_sources(model.metadata, fused)
     if len(paths) != len(recorded):
         raise OnnxfuseError(f"{fused.name} was fused from {len(recorded)} models; {len(paths)} given")
-    ordered = match_by_hash(recorded, paths, fused)
+    try:
+        ordered = match_by_hash(recorded, paths, fused)
+    except VerificationError as exc:  # here the files given are the mistake, not the fused file
+        raise OnnxfuseError(f"{exc}; give the files it was merged from") from exc
     specs = [ModelSpec(path, _columns(entry), entry.get("name")) for path, entry in zip(ordered, recorded)]
     normalized, _ = normalize([load_model(spec, i) for i, spec in enumerate(specs, start=1)])
     binding = bind(normalized, data_columns=list(table), features_dtype=model.features_dtype)

@@ -37,7 +37,7 @@ def evaluate(
     table = read_table(data)
     truth = _truth(model, table, data, target)
     rows = len(truth)
-    outputs = model.run(table, progress=(lambda done: progress(done, rows)) if progress else None)
+    outputs = model.run_table(table, data, progress=(lambda done: progress(done, rows)) if progress else None)
     answers = {FUSED: outputs["probabilities" if model.task == "classification" else "prediction"]}
     names = tuple(f"m{i} {s.get('name', s.get('file', i))}" for i, s in enumerate(model.sources, start=1))
     available = outputs.get("available")

@@ -55,6 +55,12 @@ class FusedModel:
     def run(self, data: DataInput, *, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
         """Every output of the file on every row, scored in batches of `BATCH_ROWS`."""
         table, label = table_of(data)
+        return self.run_table(table, label, progress=progress)
+
+    def run_table(
+        self, table: Table, label: Path, *, progress: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """`run` on columns already read (`label` names them in messages)."""
         rows = len(next(iter(table.values())))
         parts: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for start in range(0, rows, BATCH_ROWS):

@@ -36,7 +36,7 @@ def write_predictions(
     table = read_table(data)
     kept = {name: require_column(table, name, data) for name in keep}
     rows = len(next(iter(table.values())))
-    outputs = model.run(table, progress=(lambda done: progress(done, rows)) if progress else None)
+    outputs = model.run_table(table, data, progress=(lambda done: progress(done, rows)) if progress else None)
     produced = _columns(model, outputs)
     if clash := sorted(set(kept) & set(produced)):
         raise OnnxfuseError(f"--keep {clash[0]}: the output has a column of that name already; rename it in the data")

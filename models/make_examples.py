@@ -7,7 +7,10 @@ As two teams would have them, A and B were each trained on rows of their own, an
 train.csv holds rows neither saw: the fusion head must learn from rows the sources
 did not learn from, or it trusts their (overfitted) outputs and the hold-out lies.
 
-    python models/make_examples.py        # rewrites models/a.onnx, b.onnx, train.csv
+    python models/make_examples.py        # rewrites models/a.onnx, b.onnx, train.csv, month.csv
+
+month.csv is "this month's" labelled rows, for `onnxfuse evaluate` and `onnxfuse predict`: new rows from the
+same process, with team B's columns c, d not collected (empty) on 30 % of them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ ROWS = 800  # the joint labelled rows: fewer than each team had, as is usual
 TEAM_ROWS = 20_000
 SEED = 7
 TEAM_SEEDS = (1, 2)  # the rows team A and team B trained on: drawn apart from train.csv's
+MONTH_ROWS, MONTH_SEED, MONTH_MISSING = 1000, 8, 0.3
 
 
 def make_rows(rows: int = ROWS, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -47,8 +51,17 @@ def main() -> None:
     model_b = make_pipeline(StandardScaler(), LogisticRegression()).fit(x_b[:, 2:], y_b)
     (HERE / "a.onnx").write_bytes(to_onnx(model_a, x[:1, :2], target_opset=18).SerializeToString())
     (HERE / "b.onnx").write_bytes(to_onnx(model_b, x[:1, 2:], target_opset=13).SerializeToString())
-    lines = ["a,b,c,d,y"] + [",".join(f"{v:.4f}" for v in row) + f",{label}" for row, label in zip(x, y)]
-    (HERE / "train.csv").write_text("\n".join(lines) + "\n")
+    (HERE / "train.csv").write_text(_csv(x, y))
+    x_month, y_month = make_rows(MONTH_ROWS, seed=MONTH_SEED)
+    unrecorded = np.random.default_rng(MONTH_SEED).random(MONTH_ROWS) < MONTH_MISSING
+    x_month[unrecorded, 2:] = np.nan
+    (HERE / "month.csv").write_text(_csv(x_month, y_month))
+
+
+def _csv(x: np.ndarray, y: np.ndarray) -> str:
+    """Four decimals; a missing value is an empty cell."""
+    cells = [[("" if np.isnan(v) else f"{v:.4f}") for v in row] for row in x]
+    return "\n".join(["a,b,c,d,y"] + [",".join(row) + f",{label}" for row, label in zip(cells, y)]) + "\n"
 
 
 if __name__ == "__main__":

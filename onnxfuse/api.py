@@ -83,6 +83,7 @@ def merge(
     *,
     features: Sequence[Sequence[str] | None] | None = None,
     declarations: Sequence[Mapping[str, Any] | None] | None = None,
+    names: Sequence[str | None] | None = None,
     progress: Reporter | None = None,
     **settings: Any,
 ) -> MergeResult:
@@ -91,6 +92,7 @@ def merge(
     `data`: a pandas DataFrame, a pyarrow Table, a mapping of column name to array, or a path (.csv, .tsv,
     .parquet, .npz). `features`: per model, the columns its tensor input takes (None: bound by name).
     `declarations`: per model, what onnxfuse cannot infer (`{"logits": "output_0"}`, `{"classes": [...]}`).
+    `names`: per model, how the report and metadata name it (default: the file's stem, `model{i}` for a proto).
     `settings`: the options of `onnxfuse merge`, by their spec-file names (listed below). Without `output`, the
     file is built in a private temporary folder that is removed: only the returned result holds it.
     Errors are `OnnxfuseError`, with the CLI's messages.
@@ -103,7 +105,7 @@ def merge(
     table, label = (None, None) if data is None else as_table(data)
     with tempfile.TemporaryDirectory(prefix="onnxfuse-") as private:
         folder = Path(private)
-        specs = _model_specs(models, features, declarations, folder)
+        specs = _model_specs(models, {"features": features, "declarations": declarations, "names": names}, folder)
         output = chosen.pop("output", None)
         spec = FuseSpec(models=specs, output=output or folder / _RESULT, data=label, **chosen)
         result = run_merge(spec, progress=progress, table=table)
@@ -138,23 +140,26 @@ def _typed(field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def _model_specs(models, features, declarations, folder: Path) -> tuple[ModelSpec, ...]:
-    """One `ModelSpec` per model; a `ModelProto` is written into the private `folder`, as its own file."""
-    for what, given in (("features", features), ("declarations", declarations)):
-        if given is not None and len(given) != len(models):
-            raise OnnxfuseError(f"onnxfuse.merge: {what} has {len(given)} entries for {len(models)} models; give one "
-                                "per model (None where there is nothing to say)")  # fmt: skip
+def _model_specs(models, per_model: Mapping[str, Sequence | None], folder: Path) -> tuple[ModelSpec, ...]:
+    """One `ModelSpec` per model (`per_model`: its features, declarations and name, each a list or None); a
+    `ModelProto` is written into the private `folder`, as its own file."""
+    for what, given in per_model.items():
+        if given is not None and (isinstance(given, str) or len(given) != len(models)):
+            raise OnnxfuseError(f"onnxfuse.merge: {what} has {len(given)} entries for {len(models)} models; give a "
+                                "list with one per model (None where there is nothing to say)")  # fmt: skip
     specs = []
     for index, model in enumerate(models, start=1):
         spec = _model_spec(model, index, folder)
-        if features is not None and features[index - 1] is not None:
-            columns = features[index - 1]
+        columns, declared, name = (None if given is None else given[index - 1] for given in per_model.values())
+        if columns is not None:
             if isinstance(columns, str):
                 raise OnnxfuseError(f"onnxfuse.merge: features of model {index} must be a list of columns, not "
                                     f"the string '{columns}'")  # fmt: skip
             spec = dataclasses.replace(spec, features=tuple(columns))
-        if declarations is not None and declarations[index - 1]:
-            spec = declare(spec, dict(declarations[index - 1]), f"onnxfuse.merge: model {index}")
+        if declared:
+            spec = declare(spec, dict(declared), f"onnxfuse.merge: model {index}")
+        if name is not None:
+            spec = dataclasses.replace(spec, name=str(name))
         specs.append(spec)
     return tuple(specs)
 

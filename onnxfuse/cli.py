@@ -33,6 +33,11 @@ class _Group(click.Group):
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
             code = exc.exit_code
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `onnxfuse`: the help, as click shows it
+            exc.show()
+            code = exc.exit_code
+        except click.UsageError as exc:
+            code = _fail(exc, exc.format_message(), EXIT_USAGE, hint=_help_hint(exc.ctx))
         except click.ClickException as exc:
             code = _fail(exc, exc.format_message(), EXIT_USAGE)
         except (click.Abort, KeyboardInterrupt) as exc:
@@ -46,6 +51,15 @@ class _Group(click.Group):
         except Exception as exc:
             code = _fail(exc, f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL)
         sys.exit(code or EXIT_OK)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's whole summary: click cuts one longer than the terminal at `...`; here it wraps."""
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        rows = [(name, command.get_short_help_str(limit=10_000)) for name, command in commands
+                if command is not None and not command.hidden]  # fmt: skip
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @contextlib.contextmanager
@@ -72,17 +86,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         click.echo("warning: " + " ".join(str(message).split()), err=True)
 
 
-def _fail(exc: BaseException, message: str, code: int) -> int:
+def _fail(exc: BaseException, message: str, code: int, *, hint: str | None = None) -> int:
     if os.environ.get("ONNXFUSE_DEBUG") == "1":
         raise exc
     click.echo("error: " + " ".join(message.split()), err=True)
+    if hint:
+        click.echo(hint, err=True)
     return code
 
 
-@click.group(cls=_Group)
+def _help_hint(ctx: click.Context | None) -> str:
+    """A usage mistake's second line: where the command's help is (click's own hint, with `-h`)."""
+    command = ctx.command_path if ctx is not None else "onnxfuse"
+    option = ctx.help_option_names[0] if ctx is not None and ctx.help_option_names else "-h"
+    return f"Try '{command} {option}' for help."
+
+
+@click.group(name="onnxfuse", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxfuse")
 def cli() -> None:
-    """Merge trained ONNX models into one verified, portable ONNX file."""
+    """Merge trained ONNX models into one verified, portable ONNX file.
+
+    Run 'onnxfuse COMMAND -h' for a command's options.
+    """
 
 
 def spec_options(command: Callable) -> Callable:
@@ -101,6 +127,8 @@ def _click_kind(field: dataclasses.Field) -> dict:
     kind = option_types(field)
     if "choices" in rules:
         kind = click.Choice(rules["choices"])
+    elif field.name == "output":  # the raw text: click.Path drops a trailing '/', which says "a folder"
+        return {"type": str, "default": None, "callback": _output_file, "metavar": "PATH"}
     elif Path in kind:
         kind = click.Path(path_type=Path)
     elif float in kind:
@@ -112,7 +140,22 @@ def _click_kind(field: dataclasses.Field) -> dict:
     return {"type": kind, "default": default, "show_default": default is not None}
 
 
-@cli.command()
+def _output_file(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """`-o`: a file name, not a folder (refused before anything runs); one not ending in .onnx is warned of."""
+    from onnxfuse.emit import output_path
+
+    return None if value is None else output_path(value)
+
+
+MERGE_EXAMPLE = """\b
+Examples:
+  onnxfuse merge a.onnx b.onnx --data joint.csv --target y -o fused.onnx
+  onnxfuse merge a.onnx b.onnx --features a,b --features c,d --data joint.csv --target y -o fused.onnx
+  onnxfuse merge --spec fuse.toml
+"""
+
+
+@cli.command(epilog=MERGE_EXAMPLE)
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @spec_options
 @click.option(
@@ -149,7 +192,7 @@ def merge(ctx: click.Context, spec_file: Path | None, quiet: bool, **flags) -> N
 @cli.command(name="verify")
 @click.argument("fused", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--data", type=click.Path(path_type=Path), help="Rows (.csv, .parquet, .npz) to compare on.")
+@click.option("--data", type=click.Path(path_type=Path), help="Rows (.csv, .tsv, .parquet, .npz) to compare on.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated rows without --data.")
 def verify_command(fused: Path, models: tuple[Path, ...], data: Path | None, seed: int) -> None:
     """Re-check FUSED against its source MODELS: exit 0 equal, 1 differs, 2 bad input."""
@@ -237,6 +280,10 @@ def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseS
     specs = _declared(specs, declarations)
     if chosen.get("output") is None:
         raise OnnxfuseError("missing -o/--output OUT.onnx" + (" (or 'output' in the spec)" if spec_file else ""))
+    if ctx.get_parameter_source("output") != ParameterSource.COMMANDLINE:
+        from onnxfuse.emit import output_path
+
+        output_path(chosen["output"])  # the spec's output, checked as -o is
     return FuseSpec(models=specs, **chosen)
 
 

@@ -1,4 +1,4 @@
-"""Read `.csv` / `.parquet` / `.npz` data into named columns, and read its target column.
+"""Read `.csv` / `.tsv` / `.parquet` / `.npz` data into named columns, and read its target column.
 
 This is the data as the user gave it, before any model is bound to it: `feeds` turns it into model inputs."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,13 @@ def read_table(path: Path) -> Table:
     try:
         if suffix == ".npz":
             table = _read_npz(path)
-        elif suffix in (".csv", ".parquet", ".pq"):
-            arrow = pa_csv.read_csv(path) if suffix == ".csv" else pq.read_table(path)
+        elif suffix in (".csv", ".tsv", ".parquet", ".pq"):
+            parquet = suffix in (".parquet", ".pq")
+            arrow = pq.read_table(path) if parquet else pa_csv.read_csv(path, parse_options=_parse(suffix))
             _refuse_repeated_columns(arrow.column_names, path)
             table = {name: to_numpy(column) for name, column in zip(arrow.column_names, arrow.columns)}
         else:
-            raise OnnxfuseError(f"data {path}: unknown format '{suffix}'; use .csv, .parquet or .npz")
+            raise OnnxfuseError(f"data {path}: unknown format '{suffix}'; use .csv, .tsv, .parquet or .npz")
     except (pa.ArrowException, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise OnnxfuseError(f"data {path}: cannot read it ({reason(exc, 200)})") from exc
     lengths = {len(v) for v in table.values()}
@@ -53,11 +54,38 @@ def _refuse_repeated_columns(names: list[str], path: Path) -> None:
         seen.add(name)
 
 
+def _parse(suffix: str):
+    """`.tsv` is tab-separated, `.csv` comma-separated (pyarrow's default)."""
+    import pyarrow.csv as pa_csv
+
+    return pa_csv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+
+
 def require_column(table: Table, column: str, path: Path) -> np.ndarray:
     if column not in table:
-        known = ", ".join(list(table)[:20])
-        raise OnnxfuseError(f"data {path}: no column '{column}' (columns: {known})")
+        raise OnnxfuseError(f"data {path}: no column '{column}'{columns_found(list(table), path)}")
     return table[column]
+
+
+DELIMITERS = {";": "';'", "\t": "tabs", "|": "'|'", ",": "','"}
+
+
+def columns_found(names: Sequence[str], path: Path) -> str:
+    """What an unknown-column message adds: ` (columns: up to 20 of them)`, and where the file was read as one
+    column, a hint that it is separated by another character than its suffix says."""
+    listed = f" (columns: {', '.join(names[:20])}{', ...' if len(names) > 20 else ''})"
+    suffix = path.suffix.lower()
+    if len(names) != 1 or suffix not in (".csv", ".tsv"):
+        return listed
+    used = "," if suffix == ".csv" else "\t"
+    found = [text for char, text in DELIMITERS.items() if char != used and char in names[0]]
+    if not found and suffix == ".tsv":
+        return listed
+    guess = found[0] if found else "something other than ','"
+    return (
+        f"{listed} (the file has one column {names[0]!r}: is it separated by {guess}? "
+        "onnxfuse reads .csv as comma-separated and .tsv as tab-separated)"
+    )
 
 
 def feature_rows(

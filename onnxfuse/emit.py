@@ -25,7 +25,7 @@ from onnxfuse.digest import (
     is_data_name,
     seal,
 )
-from onnxfuse.errors import OnnxfuseError, VerificationError
+from onnxfuse.errors import OnnxfuseError, VerificationError, warn
 from onnxfuse.load import file_sha256
 from onnxfuse.pack import keep_strings_inline, save_external, serialize, write_packed
 
@@ -199,13 +199,30 @@ def metadata_json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def output_path(raw: str | os.PathLike, what: str = "output", *, suffix: str = ".onnx") -> Path:
+    """The file a user named to write, as a Path, checked before `Path` drops a trailing `/`.
+
+    Rules: a name ending in a path separator, or naming an existing folder, is an
+    error (nothing is written); a name not ending in `suffix` gets one warning
+    (it is still written where the user said).
+    """
+    text = os.fspath(raw)
+    separators = tuple(sep for sep in (os.sep, os.altsep, "/") if sep)
+    if text.endswith(separators) or Path(text).is_dir():
+        raise OnnxfuseError(f"{what} {text}: is a folder; give a file name like fused{suffix}")
+    path = Path(text)
+    if path.suffix.lower() != suffix:
+        warn(f"{what} {text} does not end in {suffix}; it is written under that name, but tools look for {suffix}")
+    return path
+
+
 def check_output(out: Path, inputs: list[Path]) -> None:
     if not out.parent.is_dir():
         raise OnnxfuseError(f"output {out}: folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise OnnxfuseError(f"output {out}: folder {out.parent} is not writable")
     if out.is_dir():
-        raise OnnxfuseError(f"output {out}: is a folder")
+        raise OnnxfuseError(f"output {out}: is a folder; give a file name")
     for path in inputs:
         for candidate in (out, *owned_data_files(out)):  # OUT is replaced, the weights' files it names removed
             for used in (path, *_external_files(path)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import typing
 from pathlib import Path
@@ -48,7 +49,7 @@ class FuseSpec:
 
     models: tuple[ModelSpec, ...]
     output: Path = option(dataclasses.MISSING, "The fused .onnx file to write.", flags=("-o", "--output"))
-    data: Path | None = option(None, "Rows (.csv, .parquet, .npz) to verify (and train) on.")
+    data: Path | None = option(None, "Rows (.csv, .tsv, .parquet, .npz) to verify (and train) on.")
     target: str | None = option(None, "The label column in --data.")
     fusion: str = option(
         "stack", "How the sources are combined: a meta-learner (stack), their weighted mean, a weighted vote of "
@@ -70,7 +71,9 @@ class FuseSpec:
     keep_model_outputs: bool = option(False, "Also output each model's own outputs as m{i}/<name>.")
     optimize: bool = option(True, "Keep the plain splice.", flags=("--no-optimize",), negated=True)
     ort: bool = option(False, "Also write OUT.ort for mobile runtimes.")
-    report: Path | None = option(None, "Write the hold-out report as JSON.")
+    report: Path | None = option(
+        None, "Write the hold-out report: .json, or .html with plots (pip install 'onnxfuse[report]')."
+    )
     explain: bool = option(False, "Also output `available` and `source_effects` per row (and mixtures' `weights`).")
     features_dtype: str = option(
         "auto", "Element type of the packed `features` input; auto: float64 when a model reads a column as double.",
@@ -231,10 +234,21 @@ def _typed(field: dataclasses.Field, value: object, where: str, folder: Path) ->
     if not isinstance(value, tuple(wanted)) or (isinstance(value, bool) and bool not in wanted):
         raise OnnxfuseError(f"{where} has the wrong type ({type(value).__name__})")
     _check_rules(field, value, where)
+    if field.name == "output" and value.endswith(("/", os.sep)):  # a Path would drop the separator
+        raise OnnxfuseError(f"{where} {value}: is a folder; give a file name like fused.onnx")
     return _under(folder, value, where) if is_path else value
 
 
 def _check_keys(table: dict, known: tuple[str, ...], where: str) -> None:
+    """Refuse keys not in `known`, each with the closest known key when one is close (a typo)."""
     unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise OnnxfuseError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
+    if not unknown:
+        return
+    close = {key: difflib.get_close_matches(key, known, n=1, cutoff=0.7) for key in unknown}
+    if len(unknown) == 1:
+        key = unknown[0]
+        named = f"unknown key '{key}';" + (f" did you mean '{close[key][0]}'?" if close[key] else "")
+    else:
+        listed = [f"'{key}'" + (f" (did you mean '{close[key][0]}'?)" if close[key] else "") for key in unknown]
+        named = f"unknown keys {', '.join(listed)};"
+    raise OnnxfuseError(f"{where}: {named} known keys: {', '.join(known)}")

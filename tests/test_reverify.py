@@ -209,7 +209,6 @@ BAD_INPUT = [
     pytest.param(("stack.onnx", "a.onnx", "ghost.onnx"), None, ("ghost.onnx",), id="model_missing"),
     pytest.param(("truncated.onnx", "a.onnx", "b.onnx"), _truncate, ("truncated.onnx",), id="fused_truncated"),
     pytest.param(("ghost_fused.onnx", "a.onnx", "b.onnx"), None, ("ghost_fused.onnx",), id="fused_missing"),
-    pytest.param(("stack.onnx",), None, ("MODELS",), id="no_models"),
 ]
 
 
@@ -226,6 +225,14 @@ def test_verify_exits_2_with_one_error_line_when_input_is_bad(
     assert_one_error_line(result, *culprits, code=2)
     assert result.stdout == ""
     assert scratch_files(workdir) == []
+    assert snapshot(workdir) == before
+
+
+def test_verify_without_models_is_a_usage_error_with_the_help_hint(workdir: Path) -> None:
+    before = snapshot(workdir)
+    result = run_cli("verify", workdir / "stack.onnx")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: Missing argument 'MODELS...'.", "Try 'onnxfuse verify -h' for help."]
     assert snapshot(workdir) == before
 
 

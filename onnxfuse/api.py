@@ -45,9 +45,9 @@ class MergeResult:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the verified bytes (with the digest `onnxfuse verify` checks) atomically: a temp file beside
         `path`, then one rename."""
-        from onnxfuse.emit import check_output
+        from onnxfuse.emit import check_output, output_path
 
-        target = Path(path)
+        target = output_path(path)
         check_output(target, [])
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -123,6 +123,10 @@ def _settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise OnnxfuseError(f"onnxfuse.merge: unknown option '{key}'{hint} options: {', '.join(fields)}")
+        if key == "output" and isinstance(value, str | os.PathLike):
+            from onnxfuse.emit import output_path
+
+            value = output_path(value)  # before Path() drops a trailing '/'
         if value is not None:
             chosen[key] = _typed(fields[key], value)
     return chosen

@@ -80,6 +80,14 @@ def test_merge_with_output_writes_the_file_and_report(example_frame: pd.DataFram
     assert (tmp_path / "r.json").is_file()
 
 
+def test_save_refuses_a_folder_and_warns_of_another_suffix(in_memory: onnxfuse.MergeResult, tmp_path: Path) -> None:
+    with pytest.raises(OnnxfuseError, match="is a folder; give a file name"):
+        in_memory.save(f"{tmp_path}/")
+    with pytest.warns(onnxfuse.OnnxfuseWarning, match="does not end in .onnx"):
+        in_memory.save(tmp_path / "fused.bin")
+    assert (tmp_path / "fused.bin").read_bytes() == in_memory.sealed
+
+
 def test_report_frame_has_one_row_per_model(in_memory: onnxfuse.MergeResult) -> None:
     frame = in_memory.report_frame()
     assert list(frame.columns) == ["accuracy", "log_loss", "roc_auc"]

@@ -62,6 +62,8 @@ import onnxfuse
 from onnxfuse.cli import cli
 from onnxfuse.support import iter_nodes
 
+pytestmark = pytest.mark.slow  # the tox "slow" environment (CI runs it): kept out of the default run
+
 SEED = "onnxfuse-fuzz-1"
 CASE_SECONDS = 20
 ROWS = 300

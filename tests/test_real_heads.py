@@ -40,6 +40,8 @@ from onnxfuse.roles import output_role
 from onnxfuse.signals import Signals, meta_columns
 from onnxfuse.spec import FuseSpec, ModelSpec
 
+pytestmark = pytest.mark.slow  # the tox "slow" environment (CI runs it): kept out of the default run
+
 NOISE = 0.01  # accuracy two heads may differ by on a hold-out of ~600 rows and still be "as good"
 
 

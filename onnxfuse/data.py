@@ -38,12 +38,17 @@ def read_table(path: Path) -> Table:
             raise OnnxfuseError(f"data {path}: unknown format '{suffix}'; use .csv, .tsv, .parquet or .npz")
     except (pa.ArrowException, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise OnnxfuseError(f"data {path}: cannot read it ({reason(exc, 200)})") from exc
+    check_rows(table, f"data {path}")
+    return table
+
+
+def check_rows(table: Table, where: str) -> None:
+    """Data holds rows, and every column the same number of them."""
     lengths = {len(v) for v in table.values()}
     if not table or lengths == {0}:
-        raise OnnxfuseError(f"data {path}: holds no rows")
+        raise OnnxfuseError(f"{where}: holds no rows")
     if len(lengths) > 1:
-        raise OnnxfuseError(f"data {path}: arrays have different numbers of rows ({sorted(lengths)})")
-    return table
+        raise OnnxfuseError(f"{where}: arrays have different numbers of rows ({sorted(lengths)})")
 
 
 def _refuse_repeated_columns(names: list[str], path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxfuse.data import Table, read_table, to_numpy
+from onnxfuse.data import Table, check_rows, read_table, to_numpy
 from onnxfuse.errors import OnnxfuseError
 
 DataInput = Any  # pandas.DataFrame | pyarrow.Table | Mapping[str, array-like] | str | os.PathLike
@@ -48,11 +48,7 @@ def in_memory(data: DataInput) -> Table:
     else:
         raise OnnxfuseError(f"data: a {kind} is not data; give a pandas DataFrame, a pyarrow Table, a mapping of "
                             "column name to array, or a path (.csv, .tsv, .parquet, .npz)")  # fmt: skip
-    lengths = {len(values) for values in table.values()}
-    if not table or lengths == {0}:
-        raise OnnxfuseError(f"data <{kind}>: holds no rows")
-    if len(lengths) > 1:
-        raise OnnxfuseError(f"data <{kind}>: columns have different numbers of rows ({sorted(lengths)})")
+    check_rows(table, f"data <{kind}>")
     return table
 
 

@@ -153,12 +153,13 @@ MODELS = [EXAMPLE / "a.onnx", EXAMPLE / "b.onnx"]
         (lambda frame: onnxfuse.merge("a.onnx", frame, target="y"), "give the models as a list"),
         (lambda frame: onnxfuse.merge([MODELS[0], 3], frame, target="y"), "model 2 is a int"),
         (lambda frame: onnxfuse.merge(MODELS, [1, 2], target="y"), "a list is not data"),
+        (lambda frame: onnxfuse.merge(MODELS, {"a": [1.0, 2.0], "y": [1]}, target="y"), "different numbers of rows"),
         (lambda frame: onnxfuse.merge(MODELS, frame.drop(columns="c"), target="y", features=FEATURES),
          r"model 2 \(b.onnx\): input 'X' needs column 'c'"),
         (lambda frame: FusedModel(EXAMPLE / "a.onnx"), "not written by onnxfuse merge"),
         (lambda frame: FusedModel(EXAMPLE / "missing.onnx"), "no such file"),
     ],
-    ids=["typo", "type", "features", "not-a-list", "not-a-model", "not-data", "column", "not-fused", "no-file"],
+    ids=["typo", "type", "features", "not-a-list", "not-a-model", "not-data", "ragged", "column", "not-fused", "no-file"],
 )
 def test_mistakes_raise_onnxfuse_error_naming_them(call, message: str, example_frame: pd.DataFrame) -> None:
     with pytest.raises(OnnxfuseError, match=message):

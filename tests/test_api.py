@@ -159,7 +159,8 @@ MODELS = [EXAMPLE / "a.onnx", EXAMPLE / "b.onnx"]
         (lambda frame: FusedModel(EXAMPLE / "a.onnx"), "not written by onnxfuse merge"),
         (lambda frame: FusedModel(EXAMPLE / "missing.onnx"), "no such file"),
     ],
-    ids=["typo", "type", "features", "not-a-list", "not-a-model", "not-data", "ragged", "column", "not-fused", "no-file"],
+    ids=["typo", "type", "features", "not-a-list", "not-a-model", "not-data", "ragged", "column", "not-fused",
+         "no-file"],
 )
 def test_mistakes_raise_onnxfuse_error_naming_them(call, message: str, example_frame: pd.DataFrame) -> None:
     with pytest.raises(OnnxfuseError, match=message):

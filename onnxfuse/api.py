@@ -102,6 +102,8 @@ def merge(
     if isinstance(models, str | os.PathLike | onnx.ModelProto | ModelSpec):
         raise OnnxfuseError("onnxfuse.merge: give the models as a list, e.g. merge(['a.onnx', 'b.onnx'], data)")
     chosen = _settings(settings)
+    if chosen.get("ort") and chosen.get("output") is None:
+        raise OnnxfuseError("onnxfuse.merge: ort=True writes OUT.ort beside the model; give output='fused.onnx'")
     table, label = (None, None) if data is None else as_table(data)
     with tempfile.TemporaryDirectory(prefix="onnxfuse-") as private:
         folder = Path(private)

@@ -151,6 +151,7 @@ MODELS = [EXAMPLE / "a.onnx", EXAMPLE / "b.onnx"]
         (lambda frame: onnxfuse.merge(MODELS, frame, target="y", holdout="0.2"), "'holdout' must be a float"),
         (lambda frame: onnxfuse.merge(MODELS, frame, target="y", features=[["a"]]), "features has 1 entries for 2"),
         (lambda frame: onnxfuse.merge("a.onnx", frame, target="y"), "give the models as a list"),
+        (lambda frame: onnxfuse.merge(MODELS, frame, target="y", ort=True), "ort=True writes OUT.ort"),
         (lambda frame: onnxfuse.merge([MODELS[0], 3], frame, target="y"), "model 2 is a int"),
         (lambda frame: onnxfuse.merge(MODELS, [1, 2], target="y"), "a list is not data"),
         (lambda frame: onnxfuse.merge(MODELS, {"a": [1.0, 2.0], "y": [1]}, target="y"), "different numbers of rows"),
@@ -159,7 +160,7 @@ MODELS = [EXAMPLE / "a.onnx", EXAMPLE / "b.onnx"]
         (lambda frame: FusedModel(EXAMPLE / "a.onnx"), "not written by onnxfuse merge"),
         (lambda frame: FusedModel(EXAMPLE / "missing.onnx"), "no such file"),
     ],
-    ids=["typo", "type", "features", "not-a-list", "not-a-model", "not-data", "ragged", "column", "not-fused",
+    ids=["typo", "type", "features", "not-a-list", "ort", "not-a-model", "not-data", "ragged", "column", "not-fused",
          "no-file"],
 )
 def test_mistakes_raise_onnxfuse_error_naming_them(call, message: str, example_frame: pd.DataFrame) -> None:

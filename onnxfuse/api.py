@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from onnxfuse.progress import Reporter
 
 ModelInput = str | os.PathLike | onnx.ModelProto | ModelSpec
-_RESULT = "fused.onnx"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +91,9 @@ def merge(
     .parquet, .npz). `features`: per model, the columns its tensor input takes (None: bound by name).
     `declarations`: per model, what onnxfuse cannot infer (`{"logits": "output_0"}`, `{"classes": [...]}`).
     `names`: per model, how the report and metadata name it (default: the file's stem, `model{i}` for a proto).
-    `settings`: the options of `onnxfuse merge`, by their spec-file names (listed below). Without `output`, the
-    file is built in a private temporary folder that is removed: only the returned result holds it.
-    Errors are `OnnxfuseError`, with the CLI's messages.
+    `settings`: the options of `onnxfuse merge`, by their spec-file names (listed below). Without `output`,
+    nothing is written: the sources are scored and the file verified in memory (below 2 GB), and only the
+    returned result holds it. Errors are `OnnxfuseError`, with the CLI's messages.
     """
     from onnxfuse.pipeline import merge as run_merge
 
@@ -105,13 +103,10 @@ def merge(
     if chosen.get("ort") and chosen.get("output") is None:
         raise OnnxfuseError("onnxfuse.merge: ort=True writes OUT.ort beside the model; give output='fused.onnx'")
     table, label = (None, None) if data is None else as_table(data)
-    with tempfile.TemporaryDirectory(prefix="onnxfuse-") as private:
-        folder = Path(private)
-        specs = _model_specs(models, {"features": features, "declarations": declarations, "names": names}, folder)
-        output = chosen.pop("output", None)
-        spec = FuseSpec(models=specs, output=output or folder / _RESULT, data=label, **chosen)
-        result = run_merge(spec, progress=progress, table=table)
-        sealed = _sealed_bytes(spec.output, folder if output is None else None)
+    specs = _model_specs(models, {"features": features, "declarations": declarations, "names": names})
+    spec = FuseSpec(models=specs, output=chosen.pop("output", None), data=label, **chosen)
+    result = run_merge(spec, progress=progress, table=table)
+    sealed = result.sealed if result.sealed is not None else spec.output.read_bytes()
     return MergeResult(onnx.load_model_from_string(sealed), result.fusion, result.head, result.evaluation,
                        result.features, result.classes, result.task, sealed)  # fmt: skip
 
@@ -146,16 +141,16 @@ def _typed(field: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def _model_specs(models, per_model: Mapping[str, Sequence | None], folder: Path) -> tuple[ModelSpec, ...]:
+def _model_specs(models, per_model: Mapping[str, Sequence | None]) -> tuple[ModelSpec, ...]:
     """One `ModelSpec` per model (`per_model`: its features, declarations and name, each a list or None); a
-    `ModelProto` is written into the private `folder`, as its own file."""
+    `ModelProto` stays in memory, named `model{i}.onnx` (what `onnx.save` would write hashes the same)."""
     for what, given in per_model.items():
         if given is not None and (isinstance(given, str) or len(given) != len(models)):
             raise OnnxfuseError(f"onnxfuse.merge: {what} has {len(given)} entries for {len(models)} models; give a "
                                 "list with one per model (None where there is nothing to say)")  # fmt: skip
     specs = []
     for index, model in enumerate(models, start=1):
-        spec = _model_spec(model, index, folder)
+        spec = _model_spec(model, index)
         columns, declared, name = (None if given is None else given[index - 1] for given in per_model.values())
         if columns is not None:
             if isinstance(columns, str):
@@ -170,29 +165,15 @@ def _model_specs(models, per_model: Mapping[str, Sequence | None], folder: Path)
     return tuple(specs)
 
 
-def _model_spec(model: ModelInput, index: int, folder: Path) -> ModelSpec:
+def _model_spec(model: ModelInput, index: int) -> ModelSpec:
     if isinstance(model, ModelSpec):
         return dataclasses.replace(model, path=Path(model.path))
     if isinstance(model, str | os.PathLike):
         return ModelSpec(Path(model))
     if isinstance(model, onnx.ModelProto):
-        if any(onnx.external_data_helper.uses_external_data(t)
-               for t in onnx.external_data_helper._get_all_tensors(model)):  # fmt: skip
-            raise OnnxfuseError(f"onnxfuse.merge: model {index} is a ModelProto whose weights are external data; "
-                                "give its path instead")  # fmt: skip
-        path = folder / f"model{index}.onnx"
-        path.write_bytes(model.SerializeToString())  # as onnx.save writes it: `verify` matches the same sha256
-        return ModelSpec(path, name=f"model{index}")
+        return ModelSpec(Path(f"model{index}.onnx"), name=f"model{index}", proto=model)  # checked by `load`
     raise OnnxfuseError(f"onnxfuse.merge: model {index} is a {type(model).__name__}; give a path or an "
                         "onnx.ModelProto")  # fmt: skip
-
-
-def _sealed_bytes(output: Path, private: Path | None) -> bytes:
-    """The written file's bytes; in the private folder a model over 2 GB (weights beside it) cannot stay in memory."""
-    if private is not None and any(p.name != output.name and not p.name.startswith("model") for p in private.iterdir()):
-        raise OnnxfuseError("onnxfuse.merge: the fused model is over 2 GB and keeps its weights in a second file; "
-                            "give output='fused.onnx' to write it")  # fmt: skip
-    return output.read_bytes()
 
 
 def _options_help() -> str:

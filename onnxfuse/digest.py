@@ -65,11 +65,27 @@ def seal(path: Path) -> str:
     return hexdigest
 
 
-def check_recorded(path: Path, hexdigest: str) -> None:
-    """Merge's own check: the file on disk records the digest emit computed (no second hashing pass)."""
-    recorded = read_metadata(path).get(DIGEST_KEY)
+def seal_bytes(data: bytes) -> tuple[bytes, str]:
+    """`seal` for a file built in memory: the same hash of the same bytes, the hex written into a copy."""
+    placeholder = _entry(PLACEHOLDER)
+    if data.count(placeholder) != 1:
+        raise VerificationError(f"{data.count(placeholder)} {DIGEST_KEY} placeholders where emit wrote one")
+    hexdigest = hashlib.sha256(data).hexdigest()
+    return data.replace(placeholder, _entry(json.dumps(_SCHEME + hexdigest))), hexdigest
+
+
+def check_recorded(path: Path | bytes, hexdigest: str) -> None:
+    """Merge's own check: the file on disk (or in memory) records the digest emit computed (no second pass)."""
+    if isinstance(path, bytes):
+        name, recorded = "the fused model", _metadata_of(path).get(DIGEST_KEY)
+    else:
+        name, recorded = path.name, read_metadata(path).get(DIGEST_KEY)
     if recorded != json.dumps(_SCHEME + hexdigest):
-        raise VerificationError(f"{path.name}: {DIGEST_KEY} is {recorded}, emit computed {_SCHEME}{hexdigest}")
+        raise VerificationError(f"{name}: {DIGEST_KEY} is {recorded}, emit computed {_SCHEME}{hexdigest}")
+
+
+def _metadata_of(data: bytes) -> dict[str, str]:
+    return {entry.key: entry.value for entry in onnx.load_model_from_string(data).metadata_props}
 
 
 def check_digest(path: Path) -> None:

@@ -24,10 +24,11 @@ from onnxfuse.digest import (
     external_locations,
     is_data_name,
     seal,
+    seal_bytes,
 )
 from onnxfuse.errors import OnnxfuseError, VerificationError, warn
 from onnxfuse.load import file_sha256
-from onnxfuse.pack import keep_strings_inline, save_external, serialize, write_packed
+from onnxfuse.pack import keep_strings_inline, packed_bytes, save_external, serialize, write_packed
 
 PROTOBUF_LIMIT = 2**31 - 1
 _MARGIN = 1 << 20
@@ -39,9 +40,14 @@ _UNNAMED = "weights.data"  # the weights above 2 GB until their hash names them
 class Staged:
     """The fused file, complete in the workspace: `view` is what verify reads, `moves` what emit renames."""
 
-    view: Path
-    moves: tuple[tuple[Path, Path], ...]  # (temporary, destination), OUT last
+    view: Path | bytes  # in memory (no workspace): the file's bytes, which verify reads as they are
+    moves: tuple[tuple[Path, Path], ...]  # (temporary, destination), OUT last; none in memory
     digest: str | None = None  # the sha256 sealed into OUT's `onnxfuse.digest`
+
+    @property
+    def sealed(self) -> bytes | None:
+        """The sealed file, when it was staged in memory."""
+        return self.view if isinstance(self.view, bytes) else None
 
 
 @contextlib.contextmanager
@@ -74,7 +80,7 @@ def workspace(out: Path, inputs: list[Path]) -> Iterator[Path]:
 
 
 def stage(
-    model: ir.Model, folder: Path, *, out: Path, metadata: Mapping[str, str], limit: int = PROTOBUF_LIMIT
+    model: ir.Model, folder: Path | None, *, out: Path | None, metadata: Mapping[str, str], limit: int = PROTOBUF_LIMIT
 ) -> Staged:
     """Write the final bytes into the workspace, once, and seal them.
 
@@ -84,12 +90,19 @@ def stage(
     memory-mapped weights (never a second copy in memory), and verify reads those
     very bytes through a small view model; above it the weights go to one
     `OUT-stem.<16 hex of their sha256>.data` that OUT names. The model's graph and
-    weights are not changed.
+    weights are not changed. Without a `folder` (the Python API without an output)
+    the same bytes are built and sealed in memory, below 2 GB only.
     """
     model.metadata_props.clear()
     model.metadata_props.update(sorted({**metadata, DIGEST_KEY: PLACEHOLDER}.items()))
     keep_strings_inline(model)  # also makes string tables (e.g. class labels) serializable as bytes
     serialized = serialize(model)
+    if folder is None:
+        if serialized.size >= limit - _MARGIN:
+            raise OnnxfuseError("onnxfuse.merge: the fused model is over 2 GB, so its weights go to a second file; "
+                                "give output='fused.onnx' to write it")  # fmt: skip
+        sealed, digest = seal_bytes(packed_bytes(serialized))
+        return Staged(view=sealed, moves=(), digest=digest)
     if serialized.size < limit - _MARGIN:
         packed = write_packed(serialized, folder / PACKED)
         digest = seal(packed.path)
@@ -122,7 +135,7 @@ def check_sealed(staged: Staged) -> None:
     """Verify's digest check at merge: the staged OUT records the digest emit just computed of its bytes."""
     if staged.digest is None:
         raise VerificationError("the staged file was not sealed")
-    check_recorded(staged.moves[-1][0], staged.digest)
+    check_recorded(staged.sealed if staged.sealed is not None else staged.moves[-1][0], staged.digest)
 
 
 def emit(staged: Staged) -> None:

@@ -29,10 +29,16 @@ class SourceModel:
     spec: ModelSpec
     sha256: str
     proto: onnx.ModelProto
+    serialized: bytes | None = dataclasses.field(default=None, repr=False)  # a model given in memory
 
     @property
     def path(self) -> Path:
         return self.spec.path
+
+    @property
+    def file(self) -> str | bytes:
+        """What an onnxruntime session loads: the file's path, or the bytes of a model given in memory."""
+        return self.serialized if self.serialized is not None else str(self.path)
 
     @property
     def label(self) -> str:
@@ -53,11 +59,32 @@ def load_model(spec: ModelSpec, index: int) -> SourceModel:
     weights are never read here (onnx-ir memory-maps them later).
     """
     label = f"model {index} ({spec.path})" if index else str(spec.path)
+    if spec.proto is not None:
+        return _in_memory(spec, index, label)
     proto = _read_proto(spec.path, label)
     _check_structure(proto, label)
     _check_external_data(proto, spec.path, label)
     _check_model(spec.path, label)
     return SourceModel(index=index, spec=spec, sha256=file_sha256(spec.path), proto=proto)
+
+
+def _in_memory(spec: ModelSpec, index: int, label: str) -> SourceModel:
+    """A model handed over as a proto: checked as a file is; its sha256 is that of the file `onnx.save` writes."""
+    proto = spec.proto
+    if any(external_data_helper.uses_external_data(t) for t in external_data_helper._get_all_tensors(proto)):
+        raise OnnxfuseError(f"{label}: a ModelProto whose weights are external data; give its path instead")
+    if proto.ByteSize() > _PROTOBUF_LIMIT:
+        raise OnnxfuseError(f"{label}: over protobuf's 2 GB limit; save it with external data and give its path")
+    _check_structure(proto, label)
+    serialized = proto.SerializeToString()
+    try:
+        onnx.checker.check_model(serialized)
+    except (onnx.checker.ValidationError, RuntimeError, ValueError) as exc:
+        raise OnnxfuseError(f"{label}: invalid ONNX model: {reason(exc)}") from exc
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # the caller's proto is never changed, nor read again
+    sha256 = hashlib.sha256(serialized).hexdigest()
+    return SourceModel(index=index, spec=spec, sha256=sha256, proto=copy, serialized=serialized)
 
 
 def file_sha256(path: Path) -> str:

@@ -11,6 +11,7 @@ bytes that were written, through a small view model that points into the file.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from pathlib import Path
 
@@ -60,6 +61,20 @@ class Serialized:
 
 def write_packed(serialized: Serialized, path: Path) -> Packed:
     """Write the model to `path` as one self-contained ONNX file."""
+    with open(path, "wb") as handle:
+        offsets = _write(serialized, handle)
+    return Packed(path=path, proto=serialized.proto, offsets=offsets)
+
+
+def packed_bytes(serialized: Serialized) -> bytes:
+    """The bytes `write_packed` writes, built in memory (below 2 GB: the Python API without an output)."""
+    buffer = io.BytesIO()
+    _write(serialized, buffer)
+    return buffer.getvalue()
+
+
+def _write(serialized: Serialized, handle) -> dict[str, tuple[int, int]]:
+    """The packed file into `handle`; where each streamed tensor's payload starts, and its length."""
     proto, tensors = serialized.proto, serialized.tensors
     offsets: dict[str, tuple[int, int]] = {}
     graph = onnx.GraphProto()
@@ -83,14 +98,13 @@ def write_packed(serialized: Serialized, path: Path) -> Packed:
         graph_length = position - (len(shell_bytes) + len(_key(7)) + width)
         if len(_varint(graph_length)) == width:
             break
-    with open(path, "wb") as handle:
-        handle.write(shell_bytes + _key(7) + _varint(graph_length) + graph_bytes)
-        for tensor, entry in zip(streamed, layout):
-            handle.write(entry.prefix)
-            offsets[tensor.name] = (entry.payload_offset, entry.length)
-            _write_payload(tensors[tensor.name], handle)
-            handle.write(entry.tail)
-    return Packed(path=path, proto=proto, offsets=offsets)
+    handle.write(shell_bytes + _key(7) + _varint(graph_length) + graph_bytes)
+    for tensor, entry in zip(streamed, layout):
+        handle.write(entry.prefix)
+        offsets[tensor.name] = (entry.payload_offset, entry.length)
+        _write_payload(tensors[tensor.name], handle)
+        handle.write(entry.tail)
+    return offsets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +196,9 @@ def _write_payload(tensor: ir.TensorProtocol, handle) -> None:
 
 def _copy(source, handle, *, offset: int, length: int) -> None:
     """Copy bytes file to file with `copy_file_range` where the kernel can, else in chunks."""
-    handle.flush()
     remaining = length
-    if hasattr(os, "copy_file_range"):
+    if hasattr(os, "copy_file_range") and not isinstance(handle, io.BytesIO):
+        handle.flush()
         position = offset
         while remaining:
             try:

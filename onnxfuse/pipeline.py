@@ -7,6 +7,7 @@ sources' protos (functional); `fuse` and `optimize` change that graph in place;
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from onnxfuse.verify import blaming, verify
 class FuseResult:
     """What was written, for the CLI's summary and report, and the fitted head for library users."""
 
-    output: Path
+    output: Path | None  # None: built in memory, `sealed` holds it
     features: tuple[str, ...]
     classes: tuple | None
     task: str
@@ -46,22 +47,26 @@ class FuseResult:
     ort: bool = False
     why: str = ""  # why the task was chosen, for the summary line
     evaluation: Evaluation | None = None  # the hold-out rows' answers, for the HTML report and Python users
+    sealed: bytes | None = None  # the verified file's bytes, when it was built in memory
 
 
 def merge(spec: FuseSpec, *, progress: Reporter | None = None, table: Table | None = None) -> FuseResult:
     """load -> normalize -> bind -> splice -> fuse (score, train) -> optimize -> verify -> emit; `progress` hears
     of each long stage (see `onnxfuse.progress`). `table`: the data's columns when they are in memory already
-    (the Python API), `spec.data` then only names them in messages."""
+    (the Python API), `spec.data` then only names them in messages. Without `spec.output` nothing is written:
+    sources are scored and the file verified from memory, and `FuseResult.sealed` holds its bytes."""
     with reporting(progress):
         return _merge(spec, table)
 
 
 def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
     check_spec(spec)
-    inputs = [m.path for m in spec.models] + ([spec.data] if spec.data and table is None else [])
-    check_output(spec.output, inputs)
+    inputs = [m.path for m in spec.models if m.proto is None] + ([spec.data] if spec.data and table is None else [])
+    written = [] if spec.output is None else [spec.output]
+    if spec.output is not None:
+        check_output(spec.output, inputs)
     if spec.report is not None:
-        check_report(spec, [*inputs, spec.output])
+        check_report(spec, [*inputs, *written])
     if table is None and spec.data:
         table = read_table(spec.data)
     sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))
@@ -73,7 +78,7 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
             table, binding, spec.data, target=spec.target, task=spec.task, classifiers=classifiers
         ) if spec.target else None  # fmt: skip
         spliced = splice(models, binding, versions)
-        with workspace(spec.output, inputs) as folder:
+        with workspace(spec.output, inputs) if written else contextlib.nullcontext() as folder:
             feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
             fused = fuse(spliced, models, binding, labelled, spec, feeds=feeds, folder=folder, versions=versions)
             if spec.optimize:
@@ -84,12 +89,15 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
             check_sealed(staged)
             if spec.ort:
                 staged = write_ort(staged, spec.output, feeds)
-            emit(staged)
+            if written:
+                emit(staged)
     if spec.report is not None:
-        write_report(spec.report, fused.metadata, fused.evaluation, title=f"onnxfuse merge: {spec.output.name}")
+        name = spec.output.name if written else "in memory"
+        write_report(spec.report, fused.metadata, fused.evaluation, title=f"onnxfuse merge: {name}")
     why = labelled.why if labelled is not None else f"the sources are {fused.space.task} models"
     return FuseResult(spec.output, binding.features, fused.space.classes, fused.space.task, versions,
-                      fused.metadata, fused.head, ort=spec.ort, why=why, evaluation=fused.evaluation)  # fmt: skip
+                      fused.metadata, fused.head, ort=spec.ort, why=why, evaluation=fused.evaluation,
+                      sealed=staged.sealed)  # fmt: skip
 
 
 def _metadata(sources: Sequence[SourceModel], binding, fused: Fused) -> dict[str, str]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ def score(
     outputs: Mapping[str, ir.Value],
     feeds: Mapping[str, np.ndarray],
     *,
-    folder: Path,
+    folder: Path | None,
     batch_rows: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
@@ -31,7 +32,8 @@ def score(
     Rules: the graph is saved once in `folder` with its weights in external data
     (onnxruntime memory-maps them), run in batches of `batch_rows` (default
     `BATCH_ROWS`, read at each call so a test can lower it), and `progress` is told
-    the rows done in each batch. The model is left as it was.
+    the rows done in each batch. The model is left as it was. Without a `folder` (the
+    Python API without an output) onnxruntime reads it from memory.
 
     Every batch runs on one onnxruntime thread (batches run side by side, one per
     core): onnxruntime's tree ensembles sum their trees in an order that depends on
@@ -41,12 +43,16 @@ def score(
     At most one batch of intermediate tensors per core exists at a time.
     """
     batch_rows = BATCH_ROWS if batch_rows is None else batch_rows
-    path = save_with_outputs(model, list(outputs.values()), folder / SCORE_FILE)
+    values = list(outputs.values())
+    if folder is None:
+        source: str | bytes = serialize_with_outputs(model, values)
+    else:
+        source = str(save_with_outputs(model, values, folder / SCORE_FILE))
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach us as exceptions; no C++ log lines on stderr
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     names = [value.name for value in outputs.values()]
     wanted = {i.name for i in session.get_inputs()}
     total = len(next(iter(feeds.values())))
@@ -74,14 +80,27 @@ def score(
 
 
 def save_with_outputs(model: ir.Model, values: list[ir.Value], path: Path) -> Path:
-    """Save `model` exposing `values` as its outputs, then restore its own outputs."""
+    """Save `model` exposing `values` as its outputs (weights as external data beside it)."""
+    with _exposing(model, values):
+        save_external(model, path, path.with_suffix(".data").name)
+    return path
+
+
+def serialize_with_outputs(model: ir.Model, values: list[ir.Value]) -> bytes:
+    """The bytes of `model` exposing `values` as its outputs, weights inside (below 2 GB)."""
+    with _exposing(model, values):
+        return ir.serde.serialize_model(model).SerializeToString()
+
+
+@contextlib.contextmanager
+def _exposing(model: ir.Model, values: list[ir.Value]) -> Iterator[None]:
+    """`values` as the graph's outputs for the block; the model's own outputs restored after."""
     graph = model.graph
     original = list(graph.outputs)
     graph.outputs.clear()
     graph.outputs.extend(dict.fromkeys(values))
     try:
-        save_external(model, path, path.with_suffix(".data").name)
+        yield
     finally:
         graph.outputs.clear()
         graph.outputs.extend(original)
-    return path

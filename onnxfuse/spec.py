@@ -7,10 +7,13 @@ import difflib
 import os
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.heads import FUSIONS, METAS, fusion
+
+if TYPE_CHECKING:
+    import onnx
 
 TASKS = ("auto", "classification", "regression")
 FEATURES_DTYPES = ("auto", "float32", "float64")
@@ -41,6 +44,8 @@ class ModelSpec:
     label: str | None = None
     prediction: str | None = None
     classes: tuple[str, ...] | tuple[int, ...] | None = None
+    # a model handed over in memory (the Python API): `path` then only names it, as "model1.onnx"
+    proto: onnx.ModelProto | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +53,7 @@ class FuseSpec:
     """A whole `onnxfuse merge` request, as the CLI or a spec file states it."""
 
     models: tuple[ModelSpec, ...]
-    output: Path = option(dataclasses.MISSING, "The fused .onnx file to write.", flags=("-o", "--output"))
+    output: Path | None = option(dataclasses.MISSING, "The fused .onnx file to write.", flags=("-o", "--output"))
     data: Path | None = option(None, "Rows (.csv, .tsv, .parquet, .npz) to verify (and train) on.")
     target: str | None = option(None, "The label column in --data.")
     fusion: str = option(

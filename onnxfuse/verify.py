@@ -37,7 +37,7 @@ REFERENCE_TOLERANCE = Tolerance(rtol=1e-4, atol=1e-5)
 
 
 def verify(
-    staged: Path,
+    staged: Path | bytes,
     models: Sequence[NormalizedModel],
     binding: Binding,
     *,
@@ -49,7 +49,8 @@ def verify(
 
     `scratch` is where a copy exposing the sources' outputs is written: beside
     `staged` (external data resolves only below the model's folder), by default
-    `verify.onnx` in the staged model's folder.
+    `verify.onnx` in the staged model's folder. A model staged in memory (its bytes)
+    is checked in memory, nothing written.
 
     Rules: `check_model(full_check=True)` passes; nodes and opset imports use only
     ai.onnx / ai.onnx.ml; each spliced copy `m{i}/<output>` equals source i run
@@ -60,14 +61,20 @@ def verify(
     difference a narrower `features` explains is an error naming the model, input and
     column (use `--features-dtype float64`).
     """
+    in_memory = isinstance(staged, bytes)
     try:
-        onnx.checker.check_model(str(staged), full_check=True)
+        onnx.checker.check_model(staged if in_memory else str(staged), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise VerificationError(f"the fused model fails the ONNX checker: {exc}") from exc
-    proto = onnx.load(str(staged), load_external_data=False)
+    proto = onnx.load_model_from_string(staged) if in_memory else onnx.load(str(staged), load_external_data=False)
     _check_portable(proto)
     names = [f"m{i}/{o.name}" for i, m in enumerate(models, start=1) for o in m.proto.graph.output]
-    verify_path = _with_model_outputs(proto, scratch or staged.parent / VERIFY_FILE, names)
+    _with_model_outputs(proto, names)
+    if in_memory:
+        verify_path: Path | bytes = proto.SerializeToString()
+    else:
+        verify_path = scratch or staged.parent / VERIFY_FILE
+        onnx.save(proto, str(verify_path))
     fused = run_onnxruntime(verify_path, feeds)
     alone = []
     for index, model in enumerate(models, start=1):
@@ -112,7 +119,7 @@ def internal_bug(exc: BaseException) -> bool:
     return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE)
 
 
-def _recheck_reference(path: Path, models, binding: Binding, *, fused, alone, feeds, error: Exception) -> None:
+def _recheck_reference(path: Path | bytes, models, binding: Binding, *, fused, alone, feeds, error: Exception) -> None:
     """The reference evaluator computes some ML ops otherwise than onnxruntime (multi-class SVM probabilities:
     up to 0.13 off scikit-learn, where onnxruntime is within 1e-6), or cannot run them (a tree whose node ids it
     does not expect, an integer input to Scaler). When a source alone already differs or fails there, its outputs
@@ -191,7 +198,7 @@ def _broken_alone(model: NormalizedModel) -> str | None:
         return reason(exc)
     feeds = probe_feeds(model.source.proto.graph)
     try:
-        session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.source.file, session_options(), providers=["CPUExecutionProvider"])
         if feeds is not None:
             session.run(None, feeds)
     except runtime_errors() as exc:
@@ -207,8 +214,10 @@ def session_options() -> ort.SessionOptions:
     return options
 
 
-def run_onnxruntime(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+def run_onnxruntime(path: Path | bytes, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of a model file (or of its bytes) on `feeds`."""
+    source = path if isinstance(path, bytes) else str(path)
+    session = ort.InferenceSession(source, session_options(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted})))
@@ -226,7 +235,7 @@ def run_source(
     data's own precision where `exact` holds them)."""
     source_feeds = feeds_of_source(bindings, binding, feeds, exact=exact)
     try:
-        session = ort.InferenceSession(str(model.source.path), session_options(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(model.source.file, session_options(), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         results = dict(zip(names, session.run(None, source_feeds)))
     except runtime_errors() as exc:
@@ -287,17 +296,21 @@ def _blame_precision(model: NormalizedModel, bindings, binding: Binding, *, feed
 
 
 def run_reference(
-    path: Path, feeds: Mapping[str, np.ndarray], *, fed: Mapping[str, np.ndarray] | None = None
+    path: Path | bytes, feeds: Mapping[str, np.ndarray], *, fed: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
-    """ReferenceEvaluator with large weights fed as memory-mapped arrays, never copied.
+    """ReferenceEvaluator with large weights fed as memory-mapped arrays, never copied (a model's bytes hold
+    all of theirs).
 
     `fed` values are taken as given instead of computed: their producers write elsewhere."""
-    proto = onnx.load(str(path), load_external_data=False)
+    in_memory = isinstance(path, bytes)
+    proto = onnx.load_model_from_string(path) if in_memory else onnx.load(str(path), load_external_data=False)
     _feed_values(proto.graph, fed or {})
     if fed:  # the producers of fed values may be what the evaluator cannot run: keep only what outputs need
         needed = _needed_nodes(proto.graph)
         del proto.graph.node[:]
         proto.graph.node.extend(needed)
+    if in_memory:
+        return _evaluate(proto, feeds, {}, fed)
     folder = path.parent
     mapped = {}
     kept = []
@@ -310,6 +323,10 @@ def run_reference(
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept)
     external_data_helper.load_external_data_for_model(proto, str(folder))
+    return _evaluate(proto, feeds, mapped, fed)
+
+
+def _evaluate(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], mapped: dict, fed) -> dict[str, np.ndarray]:
     evaluator = ReferenceEvaluator(proto)
     names = [o.name for o in proto.graph.output]
     wanted = {i.name for i in proto.graph.input}
@@ -364,15 +381,13 @@ def _check_portable(proto: onnx.ModelProto) -> None:
         raise VerificationError("the fused model still holds local functions")
 
 
-def _with_model_outputs(proto: onnx.ModelProto, path: Path, names: Sequence[str]) -> Path:
-    """A copy of the staged model that also outputs the `m{i}/` source outputs it still computes.
+def _with_model_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Make the staged model's copy also output the `m{i}/` source outputs it still computes.
 
     Optimizing removes source outputs nothing reads (e.g. a label the head ignores)."""
     known = {v.name: v for v in proto.graph.value_info}
     present = {o.name for o in proto.graph.output}
     proto.graph.output.extend(known[name] for name in names if name not in present and name in known)
-    onnx.save(proto, str(path))
-    return path
 
 
 def compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tolerance, what: str) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +40,67 @@ def in_memory(example_frame: pd.DataFrame) -> onnxfuse.MergeResult:
     return onnxfuse.merge(protos, example_frame, target="y", features=FEATURES, meta="linear", explain=True)
 
 
-def _leftovers() -> set[str]:
-    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("onnxfuse-")}
+_NO_WRITES = r"""
+import os, sys
+import onnx, pandas as pd
+import onnxfuse
+
+example = sys.argv[1]
+protos = [onnx.load(os.path.join(example, name)) for name in ("a.onnx", "b.onnx")]
+frame = pd.read_csv(os.path.join(example, "train.csv"))
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+CHANGES = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.truncate", "os.link", "os.symlink",
+           "shutil.copyfile", "shutil.rmtree", "tempfile.mkstemp", "tempfile.mkdtemp"}
+seen = []
+
+def audit(event, args):
+    if event == "open":
+        path, mode, flags = args
+        writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & WRITES)
+        if writes:
+            seen.append(f"open {path} {mode or flags}")
+    elif event in CHANGES:
+        seen.append(f"{event} {args[0]}")
+
+sys.addaudithook(audit)
+result = onnxfuse.merge(protos, frame, target="y", features=[["a", "b"], ["c", "d"]], meta="linear")
+onnx.checker.check_model(result.model, full_check=True)
+print("WRITES", seen)
+print("FUSED", result.features, result.classes, sorted(result.report["holdout"]["metrics"]))
+onnxfuse.merge(protos, frame, target="y", features=[["a", "b"], ["c", "d"]], meta="linear", output="fused.onnx")
+print("CONTROL", any("fused.onnx" in line for line in seen))  # the hook sees a merge that writes
+"""
 
 
-def test_merge_returns_a_verified_model_without_writing_when_given_protos_and_a_dataframe(
-    example_frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_merge_returns_a_verified_model_without_touching_disk_when_given_protos_and_a_dataframe(
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    before = _leftovers()
+    """Every file Python opens for writing, and every file or folder made or removed, is seen by an audit hook
+    (in a child process: hooks cannot be removed; no bytecode caches written on import); onnxruntime reads the
+    models from memory, and TMPDIR names no folder."""
+    script = tmp_path / "no_writes.py"
+    script.write_text(_NO_WRITES)
+    env = {**os.environ, "TMPDIR": str(tmp_path / "absent"), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([sys.executable, str(script), str(EXAMPLE)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("WRITES", "FUSED", "CO")))
+    assert lines["WRITES"] == "[]"
+    assert lines["FUSED"].startswith("('a', 'b', 'c', 'd') (0, 1) ['baseline") and "'m2 model2'" in lines["FUSED"]
+    assert lines["CONTROL"] == "True"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fused.onnx", "no_writes.py"]
+
+
+def test_merge_in_memory_gives_the_bytes_merge_with_an_output_writes(example_frame: pd.DataFrame,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
     protos = [onnx.load(str(EXAMPLE / "a.onnx")), onnx.load(str(EXAMPLE / "b.onnx"))]
-    result = onnxfuse.merge(protos, example_frame, target="y", features=FEATURES, meta="linear")
-    assert isinstance(result.model, onnx.ModelProto)
-    onnx.checker.check_model(result.model, full_check=True)
-    assert list(tmp_path.iterdir()) == []  # nothing in the working folder
-    assert _leftovers() == before  # the private folder is gone
-    assert result.features == ("a", "b", "c", "d") and result.classes == (0, 1) and result.task == "classification"
-    assert set(result.report["holdout"]["metrics"]) >= {"m1 model1", "m2 model2", "fused"}
-    assert result.head.metadata()["meta"] == "linear"
+    in_memory = onnxfuse.merge(protos, example_frame, target="y", features=FEATURES, meta="linear")
+    written = onnxfuse.merge(protos, example_frame, target="y", features=FEATURES, meta="linear",
+                             output=tmp_path / "fused.onnx")  # fmt: skip
+    assert in_memory.sealed == written.sealed == (tmp_path / "fused.onnx").read_bytes()
+    assert in_memory.model == onnx.load(str(tmp_path / "fused.onnx"))
+    assert in_memory.head.metadata()["meta"] == "linear"
+    assert protos[0] == onnx.load(str(EXAMPLE / "a.onnx"))  # the caller's protos are not changed
 
 
 def test_merge_with_paths_as_strings_writes_the_bytes_the_cli_writes(tmp_path: Path) -> None:

@@ -43,16 +43,11 @@ class MergeResult:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the verified bytes (with the digest `onnxfuse verify` checks) atomically: a temp file beside
         `path`, then one rename."""
-        from onnxfuse.emit import check_output, output_path
+        from onnxfuse.emit import check_output, output_path, write_file
 
         target = output_path(path)
         check_output(target, [])
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            temporary.write_bytes(self.sealed)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_file(target, self.sealed)
         return target
 
     def report_frame(self) -> pd.DataFrame:

@@ -221,6 +221,20 @@ def inspect(model: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), callback=_output_file,
+              help="The lowered .onnx file to write (ai.onnx ops only).")  # fmt: skip
+def lower(model: Path, output: Path) -> None:
+    """Rewrite MODEL's ai.onnx.ml ops into plain ai.onnx, for OpenVINO, tract and other runtimes."""
+    from onnxfuse.lower.file import lower_file
+
+    done = lower_file(model, output)
+    nodes = "node" if done.rewritten == 1 else "nodes"
+    click.echo(f"wrote {done.output}: {done.rewritten} ai.onnx.ml {nodes} rewritten ({done.nodes} ai.onnx nodes), "
+               f"equal to {model.name} in onnxruntime on {done.rows} rows")  # fmt: skip
+
+
+@cli.command()
 @click.argument("fused", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("data", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),

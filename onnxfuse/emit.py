@@ -207,6 +207,17 @@ def _locked(folder: Path) -> Iterator[int]:
         os.close(descriptor)
 
 
+def write_file(path: Path, data: bytes) -> None:
+    """`data` at `path` atomically: a temp file beside it, fsynced, then one rename (no partial file, ever)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        temporary.write_bytes(data)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def metadata_json(value: object) -> str:
     """Metadata values: JSON with sorted keys, so equal inputs give equal bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

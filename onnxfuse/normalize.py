@@ -141,7 +141,7 @@ def _lowering_problem(source: SourceModel, opset: int) -> str | None:
     proto = onnx.ModelProto()
     proto.CopyFrom(source.proto)
     try:
-        converted = _convert_opset(proto, source.label, opset)
+        converted = convert_opset(proto, source.label, opset)
     except OnnxfuseError as exc:
         return str(exc).split(": ", 1)[-1]
     if _has_external_data(source.proto):
@@ -243,7 +243,7 @@ def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
     _densify_sparse_initializers(proto.graph)
     original = _opset(proto, "")
     proto = unify_versions(proto, source.label, versions)  # before the ZipMap cut: Identity has no down-adapter
-    classes = _strip_zipmap(proto, source.label)
+    classes = strip_zipmap(proto, source.label)
     joined = _join_class_columns(proto.graph)
     _relax_batch_dims(proto.graph)
     _relax_regressor_shapes(proto.graph)
@@ -254,7 +254,7 @@ def _normalize_one(source: SourceModel, versions: Versions) -> NormalizedModel:
 def unify_versions(proto: onnx.ModelProto, label: str, versions: Versions) -> onnx.ModelProto:
     """Move one model (a source, or a fusion head) to the shared opsets and IR version."""
     _check_ml_ops(proto, label, versions.ml_opset)
-    proto = _convert_opset(proto, label, versions.opset)
+    proto = convert_opset(proto, label, versions.opset)
     _set_opset_imports(proto, versions)
     proto = _unify_functions(proto, label)
     proto.ir_version = versions.ir_version
@@ -315,7 +315,7 @@ def _densify_sparse_initializers(graph: onnx.GraphProto) -> None:
     del graph.sparse_initializer[:]
 
 
-def _strip_zipmap(proto: onnx.ModelProto, label: str) -> dict[str, tuple]:
+def strip_zipmap(proto: onnx.ModelProto, label: str) -> dict[str, tuple]:
     """Replace each ZipMap feeding a graph output by an Identity of its float `[N, C]` input."""
     graph = proto.graph
     outputs = {o.name: o for o in graph.output}
@@ -371,7 +371,7 @@ def _ml_incompatibility(node: onnx.NodeProto, source: int, target: int) -> str |
     return None
 
 
-def _convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.ModelProto:
+def convert_opset(proto: onnx.ModelProto, label: str, target: int) -> onnx.ModelProto:
     """onnx.version_converter; it drops local functions, so those are inlined first."""
     source = _opset(proto, "")
     if source is None or source == target:

@@ -30,6 +30,7 @@ from onnxfuse.report import check_report, write_report
 from onnxfuse.roles import looks_like_classifier
 from onnxfuse.spec import FuseSpec, check_spec
 from onnxfuse.splice import splice
+from onnxfuse.support import CORE_DOMAINS, STANDARD_DOMAINS
 from onnxfuse.verify import blaming, verify
 
 
@@ -83,9 +84,12 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
             fused = fuse(spliced, models, binding, labelled, spec, feeds=feeds, folder=folder, versions=versions)
             if spec.optimize:
                 optimize(fused.model, keep=[value for outputs in spliced.outputs for value in outputs.values()])
+            if spec.ops == "core":
+                fused = _lowered(fused, feeds)
             staged = stage(fused.model, folder, out=spec.output, metadata=_metadata(sources, binding, fused))
             onnxfuse.progress.stage("verifying the fused file against its sources")
-            verify(staged.view, models, binding, feeds=feeds, exact=source_rows(binding, table))
+            verify(staged.view, models, binding, feeds=feeds, exact=source_rows(binding, table),
+                   domains=CORE_DOMAINS if spec.ops == "core" else STANDARD_DOMAINS)
             check_sealed(staged)
             if spec.ort:
                 staged = write_ort(staged, spec.output, feeds)
@@ -98,6 +102,14 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
     return FuseResult(spec.output, binding.features, fused.space.classes, fused.space.task, versions,
                       fused.metadata, fused.head, ort=spec.ort, why=why, evaluation=fused.evaluation,
                       sealed=staged.sealed)  # fmt: skip
+
+
+def _lowered(fused: Fused, feeds) -> Fused:
+    """`--ops core`: every ai.onnx.ml node rewritten into ai.onnx, checked against the graph before."""
+    from onnxfuse.lower.check import lower_fused
+
+    onnxfuse.progress.stage("rewriting the ai.onnx.ml ops into ai.onnx (--ops core)")
+    return dataclasses.replace(fused, model=lower_fused(fused.model, feeds))
 
 
 def _metadata(sources: Sequence[SourceModel], binding, fused: Fused) -> dict[str, str]:

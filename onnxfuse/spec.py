@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 TASKS = ("auto", "classification", "regression")
 FEATURES_DTYPES = ("auto", "float32", "float64")
+OPS = ("standard", "core")
 
 
 def option(default: Any, help: str, *, flags: tuple[str, ...] = (), **rules: Any) -> Any:
@@ -80,6 +81,10 @@ class FuseSpec:
         None, "Write the hold-out report: .json, or .html with plots (pip install 'onnxfuse[report]')."
     )
     explain: bool = option(False, "Also output `available` and `source_effects` per row (and mixtures' `weights`).")
+    ops: str = option(
+        "standard", "Operator domains of the file: standard (ai.onnx and ai.onnx.ml), or core (ai.onnx alone: every "
+        "ai.onnx.ml op rewritten, for OpenVINO, tract, TensorRT; slower in onnxruntime).", choices=OPS,
+    )  # fmt: skip
     features_dtype: str = option(
         "auto", "Element type of the packed `features` input; auto: float64 when a model reads a column as double.",
         choices=FEATURES_DTYPES,

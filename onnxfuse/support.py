@@ -15,6 +15,7 @@ FEATURES = "features"  # the packed input of the fused file
 BATCH_DIM = "N"  # the name of every batch dimension the compiler writes
 ML = "ai.onnx.ml"
 STANDARD_DOMAINS = ("", "ai.onnx", ML)
+CORE_DOMAINS = ("", "ai.onnx")  # --ops core
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

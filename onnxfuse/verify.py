@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 from onnx import external_data_helper, helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from onnxfuse.bind import Binding
 from onnxfuse.errors import OnnxfuseError, VerificationError, reason, warn
@@ -44,6 +45,7 @@ def verify(
     feeds: Mapping[str, np.ndarray],
     scratch: Path | None = None,
     exact: Mapping[str, np.ndarray] | None = None,
+    domains: Sequence[str] = STANDARD_DOMAINS,
 ) -> None:
     """Raise VerificationError unless the staged model is sound.
 
@@ -53,8 +55,8 @@ def verify(
     is checked in memory, nothing written.
 
     Rules: `check_model(full_check=True)` passes; nodes and opset imports use only
-    ai.onnx / ai.onnx.ml; each spliced copy `m{i}/<output>` equals source i run
-    alone in onnxruntime on the same rows (ZipMap outputs read in class order);
+    `domains` (ai.onnx / ai.onnx.ml; ai.onnx alone for `--ops core`); each spliced
+    copy `m{i}/<output>` equals source i run alone in onnxruntime on the same rows (ZipMap outputs read in class order);
     onnxruntime and onnx's ReferenceEvaluator agree on every output. `exact` holds
     the data's own values of packed columns (`data.source_rows`): sources are fed
     those, at their own precision, so a loss in the fused `features` cannot pass; a
@@ -67,7 +69,7 @@ def verify(
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise VerificationError(f"the fused model fails the ONNX checker: {exc}") from exc
     proto = onnx.load_model_from_string(staged) if in_memory else onnx.load(str(staged), load_external_data=False)
-    _check_portable(proto)
+    _check_portable(proto, domains)
     names = [f"m{i}/{o.name}" for i, m in enumerate(models, start=1) for o in m.proto.graph.output]
     _with_model_outputs(proto, names)
     if in_memory:
@@ -149,7 +151,7 @@ def _reference_differs_alone(model: NormalizedModel, source_feeds: dict, expecte
     if any(external_data_helper.uses_external_data(t) for t in model.proto.graph.initializer):
         return None
     try:
-        outputs = ReferenceEvaluator(model.proto).run(None, source_feeds)
+        outputs = reference_evaluator(model.proto).run(None, source_feeds)
     except Exception as exc:  # the evaluator raises many types on what it cannot run; our own bugs stay bugs
         if internal_bug(exc):
             raise
@@ -327,11 +329,26 @@ def run_reference(
 
 
 def _evaluate(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], mapped: dict, fed) -> dict[str, np.ndarray]:
-    evaluator = ReferenceEvaluator(proto)
+    evaluator = reference_evaluator(proto)
     names = [o.name for o in proto.graph.output]
     wanted = {i.name for i in proto.graph.input}
     inputs = {k: v for k, v in feeds.items() if k in wanted} | mapped | dict(fed or {})
     return dict(zip(names, evaluator.run(None, inputs)))
+
+
+class GatherElements(OpRun):
+    """onnx's own kernel picks with `np.choose`, which takes at most 64 entries along the axis (its choices):
+    the node tables of a lowered forest (`--ops core`) hold thousands. `np.take_along_axis` is the op's meaning."""
+
+    def _run(self, data: np.ndarray, indices: np.ndarray, axis: int | None = None) -> tuple[np.ndarray]:
+        axis = 0 if axis is None else int(axis)
+        indices = np.where(indices < 0, indices + data.shape[axis], indices)
+        return (np.take_along_axis(data, indices, axis=axis),)
+
+
+def reference_evaluator(proto: onnx.ModelProto) -> ReferenceEvaluator:
+    """onnx's ReferenceEvaluator, its GatherElements kernel replaced (see `GatherElements`)."""
+    return ReferenceEvaluator(proto, new_ops=[GatherElements])
 
 
 def _feed_values(graph: onnx.GraphProto, fed: Mapping[str, np.ndarray]) -> None:
@@ -373,10 +390,10 @@ def _memmap(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
     return np.memmap(folder / info.location, dtype=dtype, mode="r", offset=info.offset or 0, shape=shape)
 
 
-def _check_portable(proto: onnx.ModelProto) -> None:
+def _check_portable(proto: onnx.ModelProto, allowed: Sequence[str]) -> None:
     domains = {o.domain for o in proto.opset_import} | {n.domain for n in iter_model_nodes(proto)}
-    if extra := sorted(domains - set(STANDARD_DOMAINS)):
-        raise VerificationError(f"the fused model uses non-standard domains: {', '.join(extra)}")
+    if extra := sorted(domains - set(allowed)):
+        raise VerificationError(f"the fused model uses domains it may not: {', '.join(extra)}")
     if proto.functions:
         raise VerificationError("the fused model still holds local functions")
 

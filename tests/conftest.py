@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner, Result
 from generators import COLUMNS, save, write_csv  # noqa: F401 - shared with the benchmarks; tests import them here
-from onnx.reference import ReferenceEvaluator
 
 from onnxfuse.cli import cli
+from onnxfuse.verify import reference_evaluator
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -65,7 +65,7 @@ def ort_outputs(path: Path | onnx.ModelProto, feeds: dict[str, np.ndarray]) -> d
 def reference_outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     model = onnx.load(str(path))
     names = [o.name for o in model.graph.output]
-    return dict(zip(names, ReferenceEvaluator(model).run(None, feeds)))
+    return dict(zip(names, reference_evaluator(model).run(None, feeds)))
 
 
 def as_matrix(value: object, classes: Sequence | None = None) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""`--ops core` and `onnxfuse lower`: every ai.onnx.ml node rewritten into plain ai.onnx, one module per op family.
+
+Each family module exposes `RULES: dict[op_type, Rule]` (see `base`). `lower_model` swaps each ml node for its
+rule's nodes, in place in the node list (same output names, so consumers are untouched), and drops the
+ai.onnx.ml opset import. An ml node no rule takes is an error naming it."""
+
+from __future__ import annotations
+
+import importlib
+
+import onnx
+
+from onnxfuse.lower.base import MIN_OPSET, ML, CannotLower, Context, Rule
+
+FAMILIES = ("linear", "encoders", "svm", "trees")
+
+
+def rules() -> dict[str, Rule]:
+    """Every op type some family rewrites."""
+    table: dict[str, Rule] = {}
+    for family in FAMILIES:
+        table.update(importlib.import_module(f"onnxfuse.lower.{family}").RULES)
+    return table
+
+
+def lower_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """A copy of `model` with no ai.onnx.ml node or opset import (the input is not changed)."""
+    lowered = onnx.ModelProto()
+    lowered.CopyFrom(model)
+    opset = next((o.version for o in lowered.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not any(n.domain == ML for n in _all_nodes(lowered.graph)):
+        return _without_ml_import(lowered)
+    if opset < MIN_OPSET:
+        raise CannotLower(f"{label}: ai.onnx opset {opset}; --ops core writes opset {MIN_OPSET} or later ops, "
+                          f"convert it first (onnxfuse merge --target-opset {MIN_OPSET} or higher)")  # fmt: skip
+    inferred = onnx.shape_inference.infer_shapes(lowered)
+    graph = inferred.graph
+    types = {v.name: v.type for v in [*graph.input, *graph.value_info, *graph.output]}
+    used = {name for node in _all_nodes(graph) for name in [*node.input, *node.output, node.name]}
+    used |= {v.name for v in [*graph.input, *graph.output, *graph.initializer]}
+    context = Context(label=label, opset=opset, types=types, used=used)
+    _lower_graph(lowered.graph, context, rules(), top=True)
+    return _without_ml_import(lowered)
+
+
+def _lower_graph(graph: onnx.GraphProto, context: Context, table: dict[str, Rule], *, top: bool) -> None:
+    nodes = []
+    for node in graph.node:
+        for attribute in node.attribute:  # ml nodes inside If/Loop/Scan bodies
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                _lower_graph(sub, context, table, top=False)
+        if node.domain != ML:
+            nodes.append(node)
+            continue
+        rule = table.get(node.op_type)
+        if rule is None:
+            raise CannotLower(f"{context.label}: node '{node.name or node.output[0]}' ({node.op_type}): no rewrite "
+                              "of this ai.onnx.ml op into ai.onnx; use --ops standard")  # fmt: skip
+        done = rule(node, context)
+        nodes.extend(done.nodes)
+        graph.initializer.extend(done.initializers)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                yield from _all_nodes(sub)
+
+
+def _without_ml_import(model: onnx.ModelProto) -> onnx.ModelProto:
+    kept = [o for o in model.opset_import if o.domain != ML]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model

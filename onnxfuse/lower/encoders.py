@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from onnxfuse.lower.base import Builder, Context, Lowered, attributes, refuse
-from onnxfuse.lower.linear import known_rank, typed
+from onnxfuse.lower.linear import typed
 
 STRING, INT64, FLOAT = TensorProto.STRING, TensorProto.INT64, TensorProto.FLOAT
 DTYPES = {STRING: object, INT64: np.int64, FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
@@ -57,12 +57,12 @@ def label_encoder(node: onnx.NodeProto, context: Context) -> Lowered:
     if kind is None or keys.dtype != DTYPES.get(kind):
         raise refuse(context, node, f"keys of type {keys.dtype} for an input of type {kind}")
     keys, values = _first_of_each_key(keys, values)
-    rank = known_rank(context, node, node.input[0])
+    if not keys.size:
+        raise refuse(context, node, "no keys")
     found = b.op("Cast", [matches(b, node.input[0], keys)], to=FLOAT)
-    # a last column of 0.5 is the first maximum exactly when no key matched: its index picks the default
-    pads = b.const(np.array([0] * (2 * rank + 1) + [1], dtype=np.int64), "pads")
-    widened = b.op("Pad", [found, pads, b.const(np.float32(0.5))])
-    index = b.op("ArgMax", [widened], axis=-1, keepdims=0)
+    hit = b.op("Greater", [b.reduce("ReduceMax", found, [-1], keepdims=0), b.const(np.float32(0))])
+    first = b.op("ArgMax", [found], axis=-1, keepdims=0)
+    index = b.op("Where", [hit, first, b.const(np.int64(len(keys)), "default_index")])
     table = b.const(np.append(values, np.asarray([default], dtype=values.dtype)).astype(values.dtype), "values")
     b.op("Gather", [table, index], outputs=[node.output[0]])
     return b.result()

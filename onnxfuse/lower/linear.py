@@ -26,7 +26,9 @@ def typed(rule: Rule) -> Rule:
     def run(node: onnx.NodeProto, context: Context) -> Lowered:
         lowered = rule(node, context)
         if isinstance(context.types, MutableMapping):
-            context.types.update(_inferred(node, context, lowered))
+            for name, kind in _inferred(node, context, lowered).items():
+                if context.shape(name) is None:  # never replace what inference on the whole model knew
+                    context.types[name] = kind
         return lowered
 
     return run

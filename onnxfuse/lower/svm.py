@@ -44,6 +44,8 @@ def svm_regressor(node: onnx.NodeProto, context: Context) -> Lowered:
     coefficients = np.asarray(attrs.get("coefficients") or [], dtype=np.float32)
     vectors = np.asarray(attrs.get("support_vectors") or [], dtype=np.float32)
     count, rho = attrs.get("n_supports", 0), attrs.get("rho") or [0.0]
+    if not coefficients.size or (count > 0 and (vectors.size % count or coefficients.size != count)):
+        raise refuse(context, node, f"{coefficients.size} coefficients, {vectors.size} vector values for {count}")
     if count > 0:
         vectors = vectors.reshape(count, -1)
         values = kernel_values(b, node, as_rows(b, node, vectors.shape[1]), vectors)

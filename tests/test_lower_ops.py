@@ -722,3 +722,29 @@ def test_lowered_files_run_on_tract(lowered_files, name):
     got = model.into_model().into_runnable().run([rows])
     for k, (tensor, expected) in enumerate(zip(got, want, strict=True)):
         assert_same(tensor.to_numpy(), expected, f"tract, output {k}")
+
+
+def test_reduce_sum_without_kept_dims_becomes_reduce_and_squeeze_for_openvino(tmp_path) -> None:
+    """OpenVINO's CPU plugin miscomputes skl2onnx's GaussianNB (a ReduceSum with keepdims=0 feeding a Sub):
+    the core file keeps the dims and squeezes them; the sums, hence the outputs, stay exactly onnxruntime's."""
+    from sklearn.naive_bayes import GaussianNB
+
+    x, y = datasets.load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    model = to_onnx(GaussianNB().fit(x, y), x[:1], options={"zipmap": False}, target_opset=21)
+    lowered = lower_model(model, "gaussian_nb")
+    reduces = [n for n in lowered.graph.node if n.op_type == "ReduceSum"]
+    assert reduces and all(helper.get_attribute_value(a) == 1 for n in reduces for a in n.attribute
+                           if a.name == "keepdims")  # fmt: skip
+    feeds = {"X": x[:200]}
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    actual = ort.InferenceSession(lowered.SerializeToString()).run(None, feeds)
+    assert np.array_equal(actual[0], expected[0]) and np.array_equal(actual[1], expected[1])
+    openvino = pytest.importorskip("openvino")
+    path = tmp_path / "gaussian_nb.onnx"
+    onnx.save(lowered, str(path))
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    results = compiled([feeds["X"]])
+    labels, probabilities = (np.asarray(results[output]) for output in compiled.outputs)
+    assert np.array_equal(labels, expected[0])
+    np.testing.assert_allclose(probabilities, expected[1], rtol=1e-5, atol=1e-5)

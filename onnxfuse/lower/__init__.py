@@ -11,6 +11,7 @@ import importlib
 import onnx
 
 from onnxfuse.lower.base import MIN_OPSET, ML, CannotLower, Context, Rule
+from onnxfuse.lower.quirks import keep_reduced_dims
 
 FAMILIES = ("linear", "encoders", "svm", "trees")
 
@@ -24,23 +25,33 @@ def rules() -> dict[str, Rule]:
 
 
 def lower_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    """A copy of `model` with no ai.onnx.ml node or opset import (the input is not changed)."""
+    """A copy of `model` with no ai.onnx.ml node or opset import, and the runtime workarounds of `quirks`
+    (the input is not changed)."""
     lowered = onnx.ModelProto()
     lowered.CopyFrom(model)
     opset = next((o.version for o in lowered.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if not any(n.domain == ML for n in _all_nodes(lowered.graph)):
-        return _without_ml_import(lowered)
-    if opset < MIN_OPSET:
+    has_ml = any(n.domain == ML for n in _all_nodes(lowered.graph))
+    if has_ml and opset < MIN_OPSET:
         raise CannotLower(f"{label}: ai.onnx opset {opset}; --ops core writes opset {MIN_OPSET} or later ops, "
                           f"convert it first (onnxfuse merge --target-opset {MIN_OPSET} or higher)")  # fmt: skip
-    inferred = onnx.shape_inference.infer_shapes(lowered)
-    graph = inferred.graph
+    graph = onnx.shape_inference.infer_shapes(lowered).graph if has_ml else lowered.graph
     types = {v.name: v.type for v in [*graph.input, *graph.value_info, *graph.output]}
     used = {name for node in _all_nodes(graph) for name in [*node.input, *node.output, node.name]}
     used |= {v.name for v in [*graph.input, *graph.output, *graph.initializer]}
     context = Context(label=label, opset=opset, types=types, used=used)
-    _lower_graph(lowered.graph, context, rules(), top=True)
+    if has_ml:
+        _lower_graph(lowered.graph, context, rules(), top=True)
+    _work_around_runtimes(lowered.graph, context)
     return _without_ml_import(lowered)
+
+
+def _work_around_runtimes(graph: onnx.GraphProto, context: Context) -> None:
+    """`quirks`' rewrites, subgraphs first (a parent's node list is rebuilt from copies of its nodes)."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                _work_around_runtimes(sub, context)
+    keep_reduced_dims(graph, context)
 
 
 def _lower_graph(graph: onnx.GraphProto, context: Context, table: dict[str, Rule], *, top: bool) -> None:

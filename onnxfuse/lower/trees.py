@@ -22,7 +22,8 @@ from onnxfuse.lower.base import Builder, Context, Lowered, attributes, refuse
 
 FLOAT, DOUBLE = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
 MODES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ", "BRANCH_MEMBER")
-COMPARE = dict(zip(MODES, ("LessOrEqual", "Less", "GreaterOrEqual", "Greater", "Equal")))
+# x > t is written t < x: OpenVINO's Greater and GreaterOrEqual hold for a NaN x (2026.4, CPU)
+COMPARE = dict(zip(MODES, (("LessOrEqual", 1), ("Less", 1), ("LessOrEqual", -1), ("Less", -1), ("Equal", 1))))
 # Which outcome of comparing x with the threshold (less, equal, greater, unordered = x is NaN) goes the true way.
 TRUTH = dict(zip(MODES, ((1, 1, 0, 0), (1, 0, 0, 0), (0, 1, 1, 0), (0, 0, 1, 0), (0, 1, 0, 0), (1, 0, 1, 1))))
 CUT = 0.75  # the finished trees are cut off once at most this share of the walked ones is left (a cut costs 3 ops)
@@ -279,9 +280,11 @@ def _walk(b: Builder, x: str, forest: Forest, dtype: type) -> tuple[str, str]:
     at = b.op(
         "Reshape", [b.op("Add", [column(forest.pair.astype(index), "root_pair"), b.op("Cast", [went], to=itype)]), flat]
     )
-    feature = b.const(forest.feature.astype(index), "feature")
-    threshold, pair = b.const(forest.threshold.astype(dtype), "threshold"), b.const(forest.pair.astype(index), "pair")
     done, active = [], n_trees
+    if forest.depths[0] > 1:
+        feature = b.const(forest.feature.astype(index), "feature")
+        threshold = b.const(forest.threshold.astype(dtype), "threshold")
+        pair = b.const(forest.pair.astype(index), "pair")
     for level in range(1, int(forest.depths[0])):
         count = int((forest.depths > level).sum())
         if count <= CUT * active:
@@ -303,7 +306,8 @@ def _branch(b: Builder, forest: Forest, x_f: str, threshold: str, at: np.ndarray
     else:
         gather = lambda table, hint: b.op("GatherElements", [b.const(table, hint), at], axis=0)  # noqa: E731
     if len(branch_modes) == 1 and not branch_modes & {"BRANCH_MEMBER", "BRANCH_NEQ"}:
-        went = b.op(COMPARE[branch_modes.pop()], [x_f, threshold])
+        op, order = COMPARE[branch_modes.pop()]
+        went = b.op(op, [x_f, threshold][::order])
         if forest.missing_true.any():
             went = b.op("Or", [went, b.op("And", [b.op("IsNaN", [x_f]), gather(forest.missing_true, "missing")])])
         return went
@@ -343,7 +347,7 @@ def _member(b: Builder, forest: Forest, x_f: str, at: np.ndarray | str, dtype: t
         [b.op("Equal", [b.op("Unsqueeze", [x_f, b.const([-1], "last", np.int64)]), values])],
         to=onnx.TensorProto.INT32,
     )
-    return b.op("Greater", [b.reduce("ReduceMax", hits, [-1], keepdims=0), b.const(np.int32(0), "none")])
+    return b.op("Less", [b.const(np.int32(0), "none"), b.reduce("ReduceMax", hits, [-1], keepdims=0)])
 
 
 def _aggregate(b: Builder, walked: tuple[str, str], forest: Forest, how: str, dtype: type) -> str:
@@ -395,7 +399,7 @@ def _transform(b: Builder, scores: str, how: str, out: str | None = None) -> str
 def _softmax_zero(b: Builder, scores: str, out: str | None) -> str:
     """Softmax over the scores that are not (within 1e-7) zero; the zeros stay at score * exp(-max)."""
     top = b.reduce("ReduceMax", scores, [-1])
-    kept = b.op("Greater", [b.op("Abs", [scores]), b.const(np.float32(1e-7), "tiny")])
+    kept = b.op("Less", [b.const(np.float32(1e-7), "tiny"), b.op("Abs", [scores])])
     exp = b.op(
         "Where",
         [kept, b.op("Exp", [b.op("Sub", [scores, top])]), b.op("Mul", [scores, b.op("Exp", [b.op("Neg", [top])])])],
@@ -564,19 +568,14 @@ def _multiclass(
         padded = np.zeros(width)
         padded[: len(base)] = base
         scores = b.op("Add", [scores, b.const(padded.reshape(1, -1).astype(dtype), "base_values")])
-    if not all(counted):
-        dropped = np.where(counted, 0.0, -np.inf).astype(dtype).reshape(1, -1)
-        best = b.op("ArgMax", [b.op("Add", [scores, b.const(dropped, "unscored")])], axis=1, keepdims=0)
-    else:
-        best = b.op("ArgMax", [scores], axis=1, keepdims=0)
-    _label(b, node, best, labels)
-    if len(node.output) > 1 and node.output[1]:
-        _transform(b, b.op("Cast", [scores], to=FLOAT), post, node.output[1])
+    dropped = np.where(counted, 0.0, -np.inf).astype(dtype).reshape(1, -1)
+    ranked = scores if all(counted) else b.op("Add", [scores, b.const(dropped, "unscored")])
+    _label(b, node, b.op("ArgMax", [ranked], axis=1, keepdims=0), labels)
+    _transform(b, b.op("Cast", [scores], to=FLOAT), post, node.output[1])
 
 
 def _label(b: Builder, node: onnx.NodeProto, index: str, labels: list) -> None:
-    if node.output[0]:
-        b.op("Gather", [b.const(np.asarray(labels), "labels"), index], outputs=[node.output[0]], axis=0)
+    b.op("Gather", [b.const(np.asarray(labels), "labels"), index], outputs=[node.output[0]], axis=0)
 
 
 def _binary(
@@ -600,27 +599,27 @@ def _binary(
         raise refuse(context, node, f"{len(labels)} class labels and {len(base)} base_values")
     has1 = _status(context, node, always[1], never[1], "class 1")
     has0 = _status(context, node, always[0], never[0] or (has1 and not len(base)), "class 0")
-    s0 = b.op("Gather", [scores, b.const([0], "class0", np.int64)], axis=1)
-    s1 = b.op("Gather", [scores, b.const([1], "class1", np.int64)], axis=1)
-    zero = b.op("Expand", [b.const(np.zeros((1, 1), dtype), "zero"), b.op("Shape", [s0])])
+    column = lambda k: b.op("Gather", [scores, b.const([k], f"class{k}", np.int64)], axis=1)  # noqa: E731
     plus = lambda v, k: b.op("Add", [v, b.const(np.asarray(base[k], dtype), "base")])  # noqa: E731
+    s0 = column(0)
+    zero = lambda: b.op("Expand", [b.const(np.zeros((1, 1), dtype), "zero"), b.op("Shape", [s0])])  # noqa: E731
     if len(base) == 2 and has1:  # onnxruntime adds base_values[1] to the class-0 score here, as written
         s1 = plus(s0, 1)
-        s0 = b.op("Neg", [s1]) if has0 else zero
+        s0 = b.op("Neg", [s1]) if has0 else zero()
     elif len(base) == 2:
-        s0, s1 = plus(s0, 0) if has0 else zero, zero
-    elif len(base) == 1:
-        s0 = plus(s0, 0) if has0 else zero
+        s0, s1 = plus(s0, 0) if has0 else zero(), zero()
+    else:
+        s1 = column(1) if has1 else None
+        if len(base) == 1:
+            s0 = plus(s0, 0) if has0 else zero()
     one_column, all_positive = rule
     if not one_column and labels != [0, 1] and not isinstance(labels[0], str):
         raise refuse(
             context, node, "two int64 labels other than [0, 1] without one weight column (onnxruntime returns 0/1 then)"
         )
     cut = b.const(np.asarray(0.5 if one_column and all_positive else 0.0, dtype), "cut")
-    above = b.op("Cast", [b.op("Greater", [s1 if has1 else s0, cut])], to=onnx.TensorProto.INT64)
+    above = b.op("Cast", [b.op("Less", [cut, s1 if has1 else s0])], to=onnx.TensorProto.INT64)
     _label(b, node, b.op("Reshape", [above, b.const([-1], "flat", np.int64)]), labels)
-    if len(node.output) < 2 or not node.output[1]:
-        return
     if has1 or len(base) == 2:
         _transform(b, b.op("Cast", [b.op("Concat", [s0, s1], axis=1)], to=FLOAT), post, node.output[1])
     elif post == "PROBIT":

@@ -155,6 +155,38 @@ def build_mean(folder: Path, *extra: str) -> Fused:
     return Fused(out, unseen_rows("a,b,c,d,e"))
 
 
+def build_lgbm_xgb_torch(folder: Path, *extra: str) -> Fused:
+    """LightGBM (onnxmltools) on a,b + XGBoost (onnxmltools) on c,d,e + a torch MLP's logits (torch.onnx dynamo)
+    on a,e, under the default stack head."""
+    import torch
+
+    rows = make_rows()
+    x, y = rows["x"], rows["y"]
+    lgbm = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(x[:, columns_of("ab")], y)
+    xgb = xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(x[:, columns_of("cde")], y)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.03)
+    inputs, truth = torch.from_numpy(np.ascontiguousarray(x[:, columns_of("ae")])), torch.from_numpy(y)
+    for _ in range(100):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(inputs), truth).backward()
+        optimizer.step()
+    program = torch.onnx.export(net.eval(), (inputs[:4],), dynamo=True, input_names=["x"],
+                                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), verbose=False)  # fmt: skip
+    program.save(str(folder / "torch.onnx"))
+    models = [
+        (save(onnxmltools.convert_lightgbm(lgbm, initial_types=[("X", MLFloat([None, 2]))]), folder / "lgbm.onnx"),
+         "a,b"),
+        (save(onnxmltools.convert_xgboost(xgb, initial_types=[("X", MLFloat([None, 3]))]), folder / "xgb.onnx"),
+         "c,d,e"),
+        (folder / "torch.onnx", "a,e"),
+    ]  # fmt: skip
+    data = write_csv(folder / "ltx.csv", rows, label="y")
+    out = merge(folder / "ltx.onnx", models, data, *extra)
+    return Fused(out, unseen_rows("a,b,c,d,e"))
+
+
 CASES: dict[str, Callable[..., Fused]] = {
     "example": build_example,
     "three-exporters-gbdt-passthrough": build_three_exporters,
@@ -162,4 +194,5 @@ CASES: dict[str, Callable[..., Fused]] = {
     "regression-mlp": build_regression,
     "gate": build_gate,
     "mean": build_mean,
+    "lightgbm-xgboost-torch": build_lgbm_xgb_torch,
 }

@@ -2,7 +2,8 @@
 
 OpenVINO: `Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})` — without the hint its CPU
 plugin computes in bf16 on processors that have it (~4e-3 on probabilities, flipped labels). tract: the inputs'
-shapes and types are given as facts (it cannot unify an unknown batch dimension otherwise), then
+shapes and types are given as facts, the batch as the file's own symbol (it unifies no concrete size with the
+symbol the file's value_info names), then
 `into_model().into_runnable().run([...])`."""
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ def tract_outputs(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
 
     model = tract.onnx().load(str(path))
     names = [model.input_name(i) for i in range(model.input_count())]
+    graph = onnx.load(str(path)).graph
+    declared = {i.name: i.type.tensor_type.shape.dim for i in graph.input}
     for index, name in enumerate(names):
         value = feeds[name]
-        model.set_input_fact(index, ",".join(map(str, value.shape)) + "," + TRACT_TYPES[value.dtype])
-    outputs = [model.output_name(i) for i in range(model.output_count())]
+        dims = [d.dim_param or str(size) for d, size in zip(declared[name], value.shape)]  # the file's batch symbol
+        model.set_input_fact(index, ",".join(dims) + "," + TRACT_TYPES[value.dtype])
+    outputs = [o.name for o in graph.output]  # tract names them after the nodes it kept: read them in order
     runnable = model.into_model().into_runnable()
     results = runnable.run([feeds[name] for name in names])
     return {name: result.to_numpy() for name, result in zip(outputs, results)}

@@ -1,0 +1,84 @@
+"""`--ops core` files in runtimes without the ai.onnx.ml domain: OpenVINO and tract (both from PyPI), against
+onnxruntime on the standard file of the same merge (floats within 1e-5; labels equal except near-ties).
+
+Run with `tox -e portability`. Without openvino or tract installed the tests of that runtime skip locally, and
+fail where CI is set."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from cases import CASES
+from conftest import ort_outputs
+from runtimes import differences, ml_free, openvino_outputs, tract_outputs
+
+pytestmark = pytest.mark.portability
+
+
+def _require(module: str) -> None:
+    """A runtime the portability environment installs: skipped outside CI when missing, a failure under CI."""
+    if importlib.util.find_spec(module) is None:
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{module} is not installed; the portability environment installs it from PyPI")
+        pytest.skip(f"pip install {module} to run the core files in it")
+
+
+@dataclass(frozen=True)
+class Pair:
+    standard: Path
+    core: Path
+    feeds: dict[str, np.ndarray]
+
+
+@pytest.fixture(scope="session", params=list(CASES))
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    build = CASES[request.param]
+    standard = build(tmp_path_factory.mktemp(f"{request.param}-standard"))
+    core = build(tmp_path_factory.mktemp(f"{request.param}-core"), "--ops", "core")
+    return Pair(standard.path, core.path, standard.feeds)
+
+
+@pytest.fixture(scope="session")
+def expected(pair: Pair) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in ort_outputs(pair.standard, pair.feeds).items()}
+
+
+def test_core_file_holds_no_ml_op_and_gives_the_standard_outputs_in_onnxruntime(pair: Pair, expected) -> None:
+    assert not ml_free(pair.standard) or pair.standard.name == "none"  # the standard file keeps its ml ops
+    assert ml_free(pair.core)
+    model = onnx.load(str(pair.core))
+    assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)
+    assert differences(ort_outputs(pair.core, pair.feeds), expected) == {}
+
+
+def test_openvino_runs_the_core_file(pair: Pair, expected) -> None:
+    _require("openvino")
+    assert differences(openvino_outputs(pair.core, pair.feeds), expected) == {}
+
+
+def test_openvino_cannot_convert_the_standard_file(pair: Pair) -> None:
+    """Why `--ops core` exists: OpenVINO has no conversion for the ml ops of the standard files."""
+    _require("openvino")
+    with pytest.raises(RuntimeError, match="No conversion rule found for operations: ai.onnx.ml"):
+        openvino_outputs(pair.standard, pair.feeds)
+
+
+def test_tract_runs_the_core_file(pair: Pair, expected) -> None:
+    """tract's Python bindings return float tensors only (an int64 label comes back as its symbolic TDim type,
+    strings not at all), so the file tract runs keeps the float outputs; the labels are checked in onnxruntime
+    and OpenVINO above."""
+    _require("tract")
+    floats = [o.name for o in onnx.load(str(pair.core)).graph.output if o.type.tensor_type.elem_type in (1, 11)]
+    model = onnx.load(str(pair.core))
+    kept = [o for o in model.graph.output if o.name in floats]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    path = pair.core.with_name(f"{pair.core.stem}.floats.onnx")
+    onnx.save(model, str(path))
+    assert differences(tract_outputs(path, pair.feeds), {k: v for k, v in expected.items() if k in floats}) == {}

@@ -40,9 +40,24 @@ def lower_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     used |= {v.name for v in [*graph.input, *graph.output, *graph.initializer]}
     context = Context(label=label, opset=opset, types=types, used=used)
     if has_ml:
+        computed = {name for node in _all_nodes(lowered.graph) if node.domain == ML for name in node.output}
         _lower_graph(lowered.graph, context, rules(), top=True)
+        _retype(lowered, computed)
     _work_around_runtimes(lowered.graph, context)
     return _without_ml_import(lowered)
+
+
+def _retype(model: onnx.ModelProto, names: set[str]) -> None:
+    """The value_info of what ml nodes computed was written loosely by exporters (onnxmltools declares a LightGBM
+    label [1] for [N]; onnxruntime ignores it, tract trusts it): the shapes inferred from the ai.onnx nodes that
+    compute those values now replace it, or no shape where inference finds none."""
+    for value in model.graph.value_info:
+        if value.name in names and value.type.HasField("tensor_type"):
+            value.type.tensor_type.ClearField("shape")
+    inferred = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    for value in model.graph.value_info:
+        if value.name in names and value.name in inferred:
+            value.type.CopyFrom(inferred[value.name])
 
 
 def _work_around_runtimes(graph: onnx.GraphProto, context: Context) -> None:

@@ -748,3 +748,20 @@ def test_reduce_sum_without_kept_dims_becomes_reduce_and_squeeze_for_openvino(tm
     labels, probabilities = (np.asarray(results[output]) for output in compiled.outputs)
     assert np.array_equal(labels, expected[0])
     np.testing.assert_allclose(probabilities, expected[1], rtol=1e-5, atol=1e-5)
+
+
+def test_comparisons_hold_false_for_nan_in_openvino_as_in_onnxruntime(tmp_path) -> None:
+    """x > t is written t < x: OpenVINO's CPU plugin holds Greater true for a NaN x, onnxruntime false."""
+    from sklearn.preprocessing import Binarizer
+
+    x = datasets.load_diabetes(return_X_y=True)[0].astype(np.float32)[:64]
+    lowered = lower_model(to_onnx(Binarizer(threshold=0.01).fit(x), x[:1], target_opset=17), "binarizer")
+    x[::3, 1] = np.nan
+    assert not any(n.op_type in ("Greater", "GreaterOrEqual") for n in lowered.graph.node)
+    expected = ort.InferenceSession(lowered.SerializeToString()).run(None, {"X": x})[0]
+    assert np.all(expected[::3, 1] == 0)  # NaN is not above the threshold
+    openvino = pytest.importorskip("openvino")
+    path = tmp_path / "binarizer.onnx"
+    onnx.save(lowered, str(path))
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_array_equal(np.asarray(compiled([x])[compiled.outputs[0]]), expected)

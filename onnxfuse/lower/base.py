@@ -119,6 +119,11 @@ class Builder:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=node_name, **attrs))
         return names[0] if len(names) == 1 else names
 
+    def greater(self, left: str, right: str, *, equal: bool = False) -> str:
+        """left > right (>= with `equal`), written right < left: OpenVINO 2026.4's CPU plugin holds Greater and
+        GreaterOrEqual true for a NaN left side, where onnxruntime (and IEEE) say false."""
+        return self.op("LessOrEqual" if equal else "Less", [right, left])
+
     def reduce(self, op_type: str, value: str, axes: Sequence[int], *, keepdims: int = 1, out: str | None = None
                ) -> str:
         """ReduceSum/Max/Min/Mean/Prod/LogSumExp over `axes`, in the form the model's opset takes (axes as an

@@ -29,7 +29,7 @@ def matches(b: Builder, value: str, keys: np.ndarray) -> str:
     counts = b.op("TfIdfVectorizer", [column], mode="TF", min_gram_length=1, max_gram_length=1, max_skip_count=0,
                   ngram_counts=[0], ngram_indexes=list(range(len(keys))), pool_strings=list(keys))  # fmt: skip
     shape = b.op("Concat", [b.op("Shape", [value]), b.const(np.array([len(keys)], dtype=np.int64), "count")], axis=0)
-    return b.op("Greater", [b.op("Reshape", [counts, shape]), b.const(np.float32(0))])
+    return b.greater(b.op("Reshape", [counts, shape]), b.const(np.float32(0)))
 
 
 def one_hot_encoder(node: onnx.NodeProto, context: Context) -> Lowered:
@@ -60,7 +60,7 @@ def label_encoder(node: onnx.NodeProto, context: Context) -> Lowered:
     if not keys.size:
         raise refuse(context, node, "no keys")
     found = b.op("Cast", [matches(b, node.input[0], keys)], to=FLOAT)
-    hit = b.op("Greater", [b.reduce("ReduceMax", found, [-1], keepdims=0), b.const(np.float32(0))])
+    hit = b.greater(b.reduce("ReduceMax", found, [-1], keepdims=0), b.const(np.float32(0)))
     first = b.op("ArgMax", [found], axis=-1, keepdims=0)
     index = b.op("Where", [hit, first, b.const(np.int64(len(keys)), "default_index")])
     table = b.const(np.append(values, np.asarray([default], dtype=values.dtype)).astype(values.dtype), "values")

@@ -11,10 +11,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxfuse.lower.base import Builder, Context, Lowered, Rule, attributes, refuse
+from onnxfuse.lower.transforms import probit, transform, transform_name
 
 FLOAT = TensorProto.FLOAT
 INTEGERS = (TensorProto.INT32, TensorProto.INT64)
-TRANSFORMS = ("NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO", "PROBIT")
 
 
 def typed(rule: Rule) -> Rule:
@@ -53,50 +53,6 @@ def known_rank(context: Context, node: onnx.NodeProto, name: str) -> int:
     if shape is None:
         raise refuse(context, node, f"the rank of input '{name}' is unknown")
     return len(shape)
-
-
-def probit(b: Builder, value: str) -> str:
-    """sqrt(2) * erfinv(2p - 1) with onnxruntime's closed-form erfinv approximation (Winitzki, a = 0.147)."""
-    f = np.float32
-    x = b.op("Sub", [b.op("Mul", [value, b.const(f(2))]), b.const(f(1))])
-    sign = b.op("Where", [b.op("Less", [x, b.const(f(0))]), b.const(f(-1)), b.const(f(1))])
-    log = b.op("Log", [b.op("Mul", [b.op("Sub", [b.const(f(1)), x]), b.op("Add", [b.const(f(1)), x])])])
-    v = b.op("Add", [b.const(f(2) / (f(np.pi) * f(0.147))), b.op("Mul", [log, b.const(f(0.5))])])
-    v2 = b.op("Mul", [log, b.const(f(1) / f(0.147))])
-    v3 = b.op("Sub", [b.op("Sqrt", [b.op("Sub", [b.op("Mul", [v, v]), v2])]), v])
-    return b.op("Mul", [b.op("Mul", [sign, b.op("Sqrt", [v3])]), b.const(f(np.sqrt(2)))])
-
-
-def softmax_zero(b: Builder, scores: str) -> str:
-    """onnxruntime's SOFTMAX_ZERO over axis 1: scores within 1e-7 of zero are left out of the exponentials."""
-    f = np.float32
-    peak = b.reduce("ReduceMax", scores, [1])
-    exps = b.op("Exp", [b.op("Sub", [scores, peak])])
-    nonzero = b.op("Greater", [b.op("Abs", [scores]), b.const(f(1e-7))])
-    scaled = b.op("Mul", [scores, b.op("Exp", [b.op("Neg", [peak])])])
-    values = b.op("Where", [nonzero, exps, scaled])
-    total = b.reduce("ReduceSum", b.op("Where", [nonzero, values, b.const(f(0))]), [1])
-    return b.op("Div", [values, total])
-
-
-def transform(b: Builder, scores: str, kind: str, out: str | None = None) -> str:
-    """A post_transform over [N, C] scores with C >= 2, the form onnxruntime applies to several scores."""
-    outputs = [out] if out else 1
-    if kind == "NONE":
-        return b.op("Identity", [scores], outputs=outputs)
-    if kind == "LOGISTIC":
-        return b.op("Sigmoid", [scores], outputs=outputs)
-    if kind == "SOFTMAX":
-        return b.op("Softmax", [scores], outputs=outputs, axis=1)
-    done = softmax_zero(b, scores) if kind == "SOFTMAX_ZERO" else probit(b, scores)
-    return b.op("Identity", [done], outputs=outputs)
-
-
-def transform_name(context: Context, node: onnx.NodeProto) -> str:
-    kind = attributes(node).get("post_transform", "NONE")
-    if kind not in TRANSFORMS:
-        raise refuse(context, node, f"post_transform {kind!r}")
-    return kind
 
 
 def as_rows(b: Builder, node: onnx.NodeProto, width: int) -> str:
@@ -153,7 +109,7 @@ def _binary(b: Builder, node: onnx.NodeProto, score: str, labels: list, *, strin
     two = len(labels) == 2
     if node.output[0]:
         pair = list(labels) if two else (["0", "1"] if strings else [0, 1])
-        positive = b.op("Cast", [b.op("Greater", [score, b.const(np.float32(0))])], to=TensorProto.INT64)
+        positive = b.op("Cast", [b.greater(score, b.const(np.float32(0)))], to=TensorProto.INT64)
         flat = b.op("Reshape", [positive, b.const(np.array([-1], dtype=np.int64), "shape")])
         classes = b.const(np.asarray(pair, dtype=object if strings else np.int64), "classes")
         b.op("Gather", [classes, flat], outputs=[node.output[0]])
@@ -232,7 +188,7 @@ def binarizer(node: onnx.NodeProto, context: Context) -> Lowered:
         raise refuse(context, node, f"the type of input '{node.input[0]}' is unknown")
     x = node.input[0] if kind == TensorProto.DOUBLE else as_float(b, node.input[0])
     dtype = np.float64 if kind == TensorProto.DOUBLE else np.float32
-    above = b.op("Greater", [x, b.const(dtype(np.float32(threshold)), "threshold")])
+    above = b.greater(x, b.const(dtype(np.float32(threshold)), "threshold"))
     b.op("Cast", [above], outputs=[node.output[0]], to=kind)
     return b.result()
 

@@ -9,7 +9,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxfuse.lower.base import Builder, Context, Lowered, attributes, refuse
-from onnxfuse.lower.linear import as_rows, transform, transform_name, typed
+from onnxfuse.lower.linear import as_rows, typed
+from onnxfuse.lower.transforms import transform, transform_name
 
 FLOAT, DOUBLE, BOOL, INT64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.BOOL, TensorProto.INT64
 KERNELS = ("LINEAR", "POLY", "RBF", "SIGMOID")
@@ -56,7 +57,7 @@ def svm_regressor(node: onnx.NodeProto, context: Context) -> Lowered:
         b.op("Gemm", [values, weights, bias], outputs=[node.output[0]], transB=1)
         return b.result()
     score = b.op("Gemm", [values, weights, bias], transB=1)
-    positive = b.op("Greater", [score, b.const(np.float32(0))])
+    positive = b.greater(score, b.const(np.float32(0)))
     b.op("Where", [positive, b.const(np.float32(1)), b.const(np.float32(-1))], outputs=[node.output[0]])
     return b.result()
 
@@ -93,7 +94,7 @@ def _linear_mode(b: Builder, node: onnx.NodeProto, classes: str, out: dict, kind
     if count == 2 and not attrs.get("prob_a"):
         top = b.reduce("ReduceMax", scores, [1], keepdims=0)
         positive = bool((weights >= 0).all())
-        bar = b.op("GreaterOrEqual" if positive else "Greater", [top, b.const(np.float32(0.5 if positive else 0))])
+        bar = b.greater(top, b.const(np.float32(0.5 if positive else 0)), equal=positive)
         winner = b.op("Where", [bar, b.const(np.int64(1)), winner])
     if out["label"]:
         b.op("Gather", [classes, winner], outputs=[out["label"]])
@@ -166,7 +167,7 @@ def _voted(b: Builder, scores: str, count: int) -> str:
     first, second = np.zeros((2, len(_pairs(count)), count), dtype=np.float32)
     for p, (i, j) in enumerate(_pairs(count)):
         first[p, i], second[p, j] = 1, 1
-    won = b.op("Cast", [b.op("Greater", [scores, b.const(np.float32(0))])], to=FLOAT)
+    won = b.op("Cast", [b.greater(scores, b.const(np.float32(0)))], to=FLOAT)
     votes = b.op("Add", [b.op("MatMul", [won, b.const(first - second, "votes")]), b.const(second.sum(axis=0), "base")])
     return b.op("ArgMax", [votes], axis=1, keepdims=0)
 
@@ -230,7 +231,7 @@ def _coupling_loop(b: Builder, node: onnx.NodeProto, q: list[list[str]]) -> str:
         qp = body.op("Div", [body.op("Add", [qp, body.op("Mul", [diff, rows[i]])]), grow])
     kept = body.op("Where", [stop, p, updated])
     left = body.reduce("ReduceMax", body.op("Cast", [body.op("Not", [stop])], to=FLOAT), [0, 1], keepdims=0)
-    go = body.op("Greater", [left, body.const(f(0))])
+    go = body.greater(left, body.const(f(0)))
     graph = helper.make_graph(
         body.nodes, b.context.fresh(f"{body.prefix}/coupling"),
         [helper.make_tensor_value_info(names["round"], INT64, []), helper.make_tensor_value_info(names["go"], BOOL, []),

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from onnxfuse.lower.base import Builder, Context, Lowered, attributes, refuse
+from onnxfuse.lower.transforms import transform
 
 FLOAT, DOUBLE = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
 MODES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT", "BRANCH_EQ", "BRANCH_NEQ", "BRANCH_MEMBER")
@@ -382,45 +383,6 @@ def _always(forest: Forest) -> list[bool]:
     return [any(forest.has[sorted(t), k].all() for t in trees) for k in range(forest.weights.shape[1])]
 
 
-def _transform(b: Builder, scores: str, how: str, out: str | None = None) -> str:
-    """onnxruntime's post_transform on [N, K] float scores (K >= 2, or one score with PROBIT)."""
-    outputs = {"outputs": [out]} if out else {}
-    if how == "NONE":
-        return b.op("Identity", [scores], **outputs)
-    if how == "LOGISTIC":
-        return b.op("Sigmoid", [scores], **outputs)
-    if how == "SOFTMAX":
-        return b.op("Softmax", [scores], axis=-1, **outputs)
-    if how == "SOFTMAX_ZERO":
-        return _softmax_zero(b, scores, out)
-    return _probit(b, scores, out)
-
-
-def _softmax_zero(b: Builder, scores: str, out: str | None) -> str:
-    """Softmax over the scores that are not (within 1e-7) zero; the zeros stay at score * exp(-max)."""
-    top = b.reduce("ReduceMax", scores, [-1])
-    kept = b.op("Less", [b.const(np.float32(1e-7), "tiny"), b.op("Abs", [scores])])
-    exp = b.op(
-        "Where",
-        [kept, b.op("Exp", [b.op("Sub", [scores, top])]), b.op("Mul", [scores, b.op("Exp", [b.op("Neg", [top])])])],
-    )
-    total = b.reduce("ReduceSum", b.op("Where", [kept, exp, b.const(np.float32(0), "zero")]), [-1])
-    return b.op("Div", [exp, total], **({"outputs": [out]} if out else {}))
-
-
-def _probit(b: Builder, scores: str, out: str | None) -> str:
-    """sqrt(2) * erfinv(2p - 1) with onnxruntime's approximation of erfinv (Winitzki, a = 0.147)."""
-    c = lambda v, hint: b.const(np.float32(v), hint)  # noqa: E731
-    x = b.op("Sub", [b.op("Mul", [scores, c(2, "two")]), c(1, "one")])
-    sign = b.op("Where", [b.op("Less", [x, c(0, "zero")]), c(-1, "minus_one"), c(1, "one")])
-    log = b.op("Log", [b.op("Mul", [b.op("Sub", [c(1, "one"), x]), b.op("Add", [c(1, "one"), x])])])
-    v = b.op("Add", [c(2 / (np.pi * 0.147), "a"), b.op("Mul", [c(0.5, "half"), log])])
-    v2 = b.op("Mul", [c(1 / 0.147, "b"), log])
-    v3 = b.op("Sub", [b.op("Sqrt", [b.op("Sub", [b.op("Mul", [v, v]), v2])]), v])
-    root = b.op("Mul", [sign, b.op("Sqrt", [v3])])
-    return b.op("Mul", [root, c(np.sqrt(2), "sqrt2")], **({"outputs": [out]} if out else {}))
-
-
 def _input(b: Builder, node: onnx.NodeProto, context: Context, allowed: Sequence[int]) -> tuple[str, type]:
     """The node's input as [N, F] float (int inputs cast as onnxruntime compares them) or double, and its dtype."""
     kind = context.elem_type(node.input[0])
@@ -517,9 +479,9 @@ def _finish_regression(
         return
     floats = b.op("Cast", [scores], to=FLOAT)
     if kind == FLOAT:
-        _transform(b, floats, post, node.output[0])
+        transform(b, floats, post, node.output[0])
     else:
-        b.op("Cast", [_transform(b, floats, post)], outputs=[node.output[0]], to=kind)
+        b.op("Cast", [transform(b, floats, post)], outputs=[node.output[0]], to=kind)
 
 
 def _classifier(node: onnx.NodeProto, context: Context) -> Lowered:
@@ -571,7 +533,7 @@ def _multiclass(
     dropped = np.where(counted, 0.0, -np.inf).astype(dtype).reshape(1, -1)
     ranked = scores if all(counted) else b.op("Add", [scores, b.const(dropped, "unscored")])
     _label(b, node, b.op("ArgMax", [ranked], axis=1, keepdims=0), labels)
-    _transform(b, b.op("Cast", [scores], to=FLOAT), post, node.output[1])
+    transform(b, b.op("Cast", [scores], to=FLOAT), post, node.output[1])
 
 
 def _label(b: Builder, node: onnx.NodeProto, index: str, labels: list) -> None:
@@ -621,7 +583,7 @@ def _binary(
     above = b.op("Cast", [b.op("Less", [cut, s1 if has1 else s0])], to=onnx.TensorProto.INT64)
     _label(b, node, b.op("Reshape", [above, b.const([-1], "flat", np.int64)]), labels)
     if has1 or len(base) == 2:
-        _transform(b, b.op("Cast", [b.op("Concat", [s0, s1], axis=1)], to=FLOAT), post, node.output[1])
+        transform(b, b.op("Cast", [b.op("Concat", [s0, s1], axis=1)], to=FLOAT), post, node.output[1])
     elif post == "PROBIT":
         raise refuse(context, node, "PROBIT on one score column for two classes (onnxruntime writes one of the two)")
     else:

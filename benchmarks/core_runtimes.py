@@ -67,7 +67,7 @@ def _run(runtimes, runtime: str, path: Path, feeds: dict) -> dict:
 
 def _print_runtimes(built: dict, runtimes) -> None:
     print("\nruntime x file: 'ok (max error)' when every output agrees with onnxruntime on the standard file")
-    print(f"  {'case':34} {'runtime':12} {'standard file':40} {'core file':40}")
+    print(f"  {'case':34} {'runtime':12} {'standard file':44} {'core file':44}")
     for name, files in built.items():
         expected = _run(runtimes, "onnxruntime", files["standard"], files["feeds"])
         for runtime in RUNTIMES:
@@ -78,11 +78,14 @@ def _print_runtimes(built: dict, runtimes) -> None:
                 except Exception as exc:  # a runtime that cannot load or run the file: the table says why
                     cells.append("fails: " + _first_line(exc))
                     continue
-                problems = runtimes.differences(actual, expected)
-                error = runtimes.worst_error(actual, expected)
-                cells.append(f"ok ({error:.1g})" if not problems else "wrong: " + "; ".join(
+                unread = runtimes.unreturned(files[kind], files["feeds"]) if runtime == "tract" else {}
+                wanted = {k: v for k, v in expected.items() if k not in unread}
+                problems = runtimes.differences(actual, wanted)
+                error = runtimes.worst_error(actual, wanted)
+                note = f", {'+'.join(unread)} not readable from Python" if unread else ""
+                cells.append(f"ok ({error:.1g}){note}" if not problems else "wrong: " + "; ".join(
                     f"{k} {v}" for k, v in problems.items()))  # fmt: skip
-            print(f"  {name:34} {runtime:12} {cells[0][:40]:40} {cells[1][:40]:40}")
+            print(f"  {name:34} {runtime:12} {cells[0][:44]:44} {cells[1][:44]:44}")
 
 
 def _print_costs(built: dict, runtimes, settings: Settings) -> None:

@@ -29,6 +29,17 @@ def openvino_outputs(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, n
 
 
 def tract_outputs(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output tract's Python bindings hand back; one they cannot (an int64 tensor tract typed as its
+    symbolic TDim, as onnxmltools' label behind a Cast; strings) is left out, `unreturned` says which."""
+    return _tract_run(path, feeds)[0]
+
+
+def unreturned(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """The outputs tract computed but its Python bindings could not hand back, with tract's reason."""
+    return _tract_run(path, feeds)[1]
+
+
+def _tract_run(path: Path, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     import tract
 
     model = tract.onnx().load(str(path))
@@ -42,7 +53,13 @@ def tract_outputs(path: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
     outputs = [o.name for o in graph.output]  # tract names them after the nodes it kept: read them in order
     runnable = model.into_model().into_runnable()
     results = runnable.run([feeds[name] for name in names])
-    return {name: result.to_numpy() for name, result in zip(outputs, results)}
+    returned, refused = {}, {}
+    for name, result in zip(outputs, results):
+        try:
+            returned[name] = result.to_numpy()
+        except tract.bindings.TractError as exc:
+            refused[name] = str(exc).strip().splitlines()[0]
+    return returned, refused
 
 
 def differences(actual: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> dict[str, str]:

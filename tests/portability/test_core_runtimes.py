@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,21 @@ def test_tract_runs_the_core_file(pair: Pair, expected) -> None:
         assert expected[name].dtype.kind in "iOUS" and "Unsupported DatumType" in reason, (name, reason)
     assert any(expected[name].dtype.kind == "f" for name in actual)
     assert differences(actual, {k: v for k, v in expected.items() if k in actual}) == {}
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "tract"])
+def test_readme_snippet_gives_onnxruntime_s_answer(runtime: str, tmp_path: Path, monkeypatch) -> None:
+    """The README's OpenVINO and tract snippets, run as written next to the example's fused.core.onnx."""
+    _require(runtime)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippets = [block for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+                if f"import numpy as np, {runtime}" in block]  # fmt: skip
+    assert len(snippets) == 1, f"README.md has {len(snippets)} {runtime} snippets"
+    example = CASES["example"](tmp_path, "--ops", "core")
+    example.path.rename(tmp_path / "fused.core.onnx")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(snippets[0], f"README.md ({runtime})", "exec"), scope)  # the README's own code, as a reader runs it
+    expected = ort_outputs(tmp_path / "fused.core.onnx", {"features": scope["x"]})
+    assert np.array_equal(np.asarray(scope["label"]).reshape(-1), expected["label"])
+    np.testing.assert_allclose(scope["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-6)

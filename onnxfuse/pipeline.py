@@ -85,7 +85,7 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
             if spec.optimize:
                 optimize(fused.model, keep=[value for outputs in spliced.outputs for value in outputs.values()])
             if spec.ops == "core":
-                fused = _lowered(fused, feeds)
+                fused = _lowered(fused, feeds, [m.source.label for m in models])
             staged = stage(fused.model, folder, out=spec.output, metadata=_metadata(sources, binding, fused))
             onnxfuse.progress.stage("verifying the fused file against its sources")
             verify(staged.view, models, binding, feeds=feeds, exact=source_rows(binding, table),
@@ -104,12 +104,12 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
                       sealed=staged.sealed)  # fmt: skip
 
 
-def _lowered(fused: Fused, feeds) -> Fused:
+def _lowered(fused: Fused, feeds, labels: list[str]) -> Fused:
     """`--ops core`: every ai.onnx.ml node rewritten into ai.onnx, checked against the graph before."""
     from onnxfuse.lower.check import lower_fused
 
     onnxfuse.progress.stage("rewriting the ai.onnx.ml ops into ai.onnx (--ops core)")
-    return dataclasses.replace(fused, model=lower_fused(fused.model, feeds))
+    return dataclasses.replace(fused, model=lower_fused(fused.model, feeds, labels))
 
 
 def _metadata(sources: Sequence[SourceModel], binding, fused: Fused) -> dict[str, str]:

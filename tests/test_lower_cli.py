@@ -104,3 +104,27 @@ def test_ops_core_is_a_spec_key(tmp_path: Path) -> None:
     run = run_cli("merge", "--spec", spec, "-q")
     assert run.exit_code == 0, run.output
     assert _domains(tmp_path / "core.onnx") <= {"", "ai.onnx"}
+
+
+def test_merge_ops_core_names_the_source_whose_op_has_no_rewrite(tmp_path: Path) -> None:
+    """An SVR whose post_transform onnxruntime ignores and the spec applies: refused, naming model 1."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+    from sklearn.svm import SVR
+
+    x, y = load_diabetes(return_X_y=True)
+    x = x.astype(np.float32)
+    svr = to_onnx(SVR().fit(x[:, :2], y), x[:1, :2], target_opset=17)
+    node = next(n for n in svr.graph.node if n.op_type == "SVMRegressor")
+    transform = next(a for a in node.attribute if a.name == "post_transform")
+    transform.s = b"LOGISTIC"
+    onnx.save(svr, str(tmp_path / "svr.onnx"))
+    onnx.save(to_onnx(LinearRegression().fit(x[:, 2:4], y), x[:1, 2:4], target_opset=17), str(tmp_path / "lr.onnx"))
+    run = run_cli("merge", tmp_path / "svr.onnx", tmp_path / "lr.onnx", "--features", "a,b", "--features", "c,d",
+                  "--fusion", "mean", "--ops", "core", "-o", tmp_path / "fused.onnx")  # fmt: skip
+    assert run.exit_code == 2, run.output
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: model 1 (svr.onnx): node 'm1/") and "(SVMRegressor): a post_transform" in line
+    assert line.endswith("use --ops standard")
+    assert not (tmp_path / "fused.onnx").exists()

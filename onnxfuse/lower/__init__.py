@@ -7,6 +7,7 @@ ai.onnx.ml opset import. An ml node no rule takes is an error naming it."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import onnx
 
@@ -24,9 +25,10 @@ def rules() -> dict[str, Rule]:
     return table
 
 
-def lower_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+def lower_model(model: onnx.ModelProto, label: str, *, owner: Callable[[str], str] | None = None) -> onnx.ModelProto:
     """A copy of `model` with no ai.onnx.ml node or opset import, and the runtime workarounds of `quirks`
-    (the input is not changed)."""
+    (the input is not changed). `owner`: how errors name the model a node came from, by the node's name (in a
+    fused graph, `m2/...` is model 2's); else `label`."""
     lowered = onnx.ModelProto()
     lowered.CopyFrom(model)
     opset = next((o.version for o in lowered.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -41,7 +43,7 @@ def lower_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     context = Context(label=label, opset=opset, types=types, used=used)
     if has_ml:
         computed = {name for node in _all_nodes(lowered.graph) if node.domain == ML for name in node.output}
-        _lower_graph(lowered.graph, context, rules(), top=True)
+        _lower_graph(lowered.graph, context, rules(), owner or (lambda name: label))
         _retype(lowered, computed)
     _work_around_runtimes(lowered.graph, context)
     return _without_ml_import(lowered)
@@ -69,15 +71,17 @@ def _work_around_runtimes(graph: onnx.GraphProto, context: Context) -> None:
     keep_reduced_dims(graph, context)
 
 
-def _lower_graph(graph: onnx.GraphProto, context: Context, table: dict[str, Rule], *, top: bool) -> None:
+def _lower_graph(graph: onnx.GraphProto, context: Context, table: dict[str, Rule], owner: Callable[[str], str]
+                 ) -> None:
     nodes = []
     for node in graph.node:
         for attribute in node.attribute:  # ml nodes inside If/Loop/Scan bodies
             for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                _lower_graph(sub, context, table, top=False)
+                _lower_graph(sub, context, table, owner)
         if node.domain != ML:
             nodes.append(node)
             continue
+        context.label = owner(node.name or node.output[0])
         rule = table.get(node.op_type)
         if rule is None:
             raise CannotLower(f"{context.label}: node '{node.name or node.output[0]}' ({node.op_type}): no rewrite "

@@ -6,7 +6,7 @@ of 0 or 0.5), where summing in another order may pick the other class."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -19,8 +19,9 @@ TIE = 1e-5
 NAN_EVERY = 7  # one float cell in this many rows becomes NaN, so the missing-value paths are compared too
 
 
-def lower_fused(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> ir.Model:
-    """The fused graph with every ai.onnx.ml node rewritten, checked against the graph as it was on `feeds`.
+def lower_fused(model: ir.Model, feeds: Mapping[str, np.ndarray], labels: Sequence[str]) -> ir.Model:
+    """The fused graph with every ai.onnx.ml node rewritten, checked against the graph as it was on `feeds`;
+    `labels` name the sources (`model 2 (b.onnx)`) for errors about their nodes (`m2/...`).
 
     Weights held as external data are read in (the core file is rewritten as protobuf)."""
     for graph in model.graphs():
@@ -28,9 +29,17 @@ def lower_fused(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> ir.Model:
             if isinstance(value.const_value, ir.ExternalTensor):
                 value.const_value = ir.Tensor(value.const_value.numpy(), name=value.name)
     original = ir.serde.serialize_model(model)
-    lowered = lower_model(original, "the fused model")
+    lowered = lower_model(original, "the fused model", owner=lambda name: _owner(name, labels))
     check_lowered(original.SerializeToString(), lowered.SerializeToString(), with_missing(feeds), "--ops core")
     return ir.serde.deserialize_model(lowered)
+
+
+def _owner(node: str, labels: Sequence[str]) -> str:
+    """`m2/...` is model 2's node, `fusion/...` the head's."""
+    prefix = node.split("/", 1)[0]
+    if prefix.startswith("m") and prefix[1:].isdigit() and 0 < int(prefix[1:]) <= len(labels):
+        return labels[int(prefix[1:]) - 1]
+    return "the fusion head" if prefix == "fusion" else "the fused model"
 
 
 def with_missing(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -87,7 +87,10 @@ def save_with_outputs(model: ir.Model, values: list[ir.Value], path: Path) -> Pa
 
 
 def serialize_with_outputs(model: ir.Model, values: list[ir.Value]) -> bytes:
-    """The bytes of `model` exposing `values` as its outputs, weights inside (below 2 GB)."""
+    """The bytes of `model` exposing `values` as its outputs, weights inside (below 2 GB): a source's external
+    weights are read in first (onnxruntime resolves a model's external data from bytes against the working
+    folder, not the source's)."""
+    ir.external_data.load_to_model(model)
     with _exposing(model, values):
         return ir.serde.serialize_model(model).SerializeToString()
 

@@ -240,3 +240,25 @@ def test_merge_on_a_real_table_keeps_up_with_the_best_source_and_falls_back_wher
     assert np.isfinite(fused).all()
     alone = a.predict(frame.iloc[joint][group_a])
     assert (fused.argmax(axis=1) == alone).mean() > 0.9  # a row with only A's group answers like A
+
+
+def test_merge_in_memory_reads_a_source_s_external_weights(example_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """A source whose weights sit in a .data file beside it: the in-memory merge reads them (no file written)
+    and gives the bytes the merge with an output writes."""
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = example_frame[["a", "b"]].to_numpy(np.float32), example_frame["y"].to_numpy()
+    model = to_onnx(MLPClassifier(hidden_layer_sizes=(32,), max_iter=50, random_state=0).fit(x[:300], y[:300]),
+                    x[:1], options={"zipmap": False})  # fmt: skip
+    for tensor in model.graph.initializer:  # raw_data, so the large ones can move out
+        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
+    onnx.external_data_helper.convert_model_to_external_data(model, location="mlp.data", size_threshold=100)
+    onnx.save(model, str(tmp_path / "mlp.onnx"))
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL
+               for t in onnx.load(str(tmp_path / "mlp.onnx"), load_external_data=False).graph.initializer)  # fmt: skip
+    models = [tmp_path / "mlp.onnx", EXAMPLE / "b.onnx"]
+    in_memory = onnxfuse.merge(models, example_frame, target="y", features=FEATURES, meta="linear")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.data", "mlp.onnx"]
+    written = onnxfuse.merge(models, example_frame, target="y", features=FEATURES, meta="linear",
+                             output=tmp_path / "fused.onnx")  # fmt: skip
+    assert in_memory.sealed == written.sealed

@@ -24,10 +24,7 @@ def lower_fused(model: ir.Model, feeds: Mapping[str, np.ndarray], labels: Sequen
     `labels` name the sources (`model 2 (b.onnx)`) for errors about their nodes (`m2/...`).
 
     Weights held as external data are read in (the core file is rewritten as protobuf)."""
-    for graph in model.graphs():
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                value.const_value = ir.Tensor(value.const_value.numpy(), name=value.name)
+    ir.external_data.load_to_model(model)
     original = ir.serde.serialize_model(model)
     lowered = lower_model(original, "the fused model", owner=lambda name: _owner(name, labels))
     check_lowered(original.SerializeToString(), lowered.SerializeToString(), with_missing(feeds), "--ops core")

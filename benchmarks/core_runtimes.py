@@ -3,7 +3,7 @@
 The cases are the portability suite's (tests/portability/cases.py: the README's example, skl2onnx + LightGBM +
 XGBoost under a gbdt stack with passthrough, string labels, a regression MLP head, a gate, a mean), each merged
 twice by the real CLI: standard and `--ops core`. Every file is run in onnxruntime, OpenVINO (CPU plugin,
-`INFERENCE_PRECISION_HINT=f32`) and tract (input facts set) on the case's 256 unseen rows and compared with
+`INFERENCE_PRECISION_HINT=f32`) and tract (input facts set) on the case's 256 rows and compared with
 onnxruntime on the standard file (floats within 1e-5, labels equal except near-ties): the table runtime x file.
 
 Then per case: the size factor (core bytes / standard bytes), and the median latency per call of onnxruntime on

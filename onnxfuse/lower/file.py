@@ -7,6 +7,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxfuse.emit import PROTOBUF_LIMIT
 from onnxfuse.errors import OnnxfuseError, warn
 from onnxfuse.load import load_model
 from onnxfuse.lower import MIN_OPSET, ML, lower_model
@@ -39,6 +40,9 @@ def lower_file(path: Path, output: Path) -> LoweredFile:
     check_output(output, [path])
     load_model(ModelSpec(path), 0)  # the checks every input gets: readable, valid, external data inside its folder
     proto = onnx.load(str(path))  # weights read in: OUT is one self-contained file
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise OnnxfuseError(f"{path}: with its weights it is over protobuf's 2 GB limit; `onnxfuse lower` writes "
+                            "one self-contained file, so it lowers models below 2 GB only")  # fmt: skip
     classes = strip_zipmap(proto, str(path))
     if classes:
         for name, labels in classes.items():

@@ -12,7 +12,8 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxfuse.errors import VerificationError
+from onnxfuse.emit import PROTOBUF_LIMIT
+from onnxfuse.errors import OnnxfuseError, VerificationError
 from onnxfuse.lower import lower_model
 
 TIE = 1e-5
@@ -24,6 +25,10 @@ def lower_fused(model: ir.Model, feeds: Mapping[str, np.ndarray], labels: Sequen
     `labels` name the sources (`model 2 (b.onnx)`) for errors about their nodes (`m2/...`).
 
     Weights held as external data are read in (the core file is rewritten as protobuf)."""
+    weights = sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values() if v.const_value)
+    if weights > PROTOBUF_LIMIT:
+        raise OnnxfuseError(f"--ops core: the fused model's weights take {weights / 2**30:.1f} GB; core files are "
+                            "written below protobuf's 2 GB limit only: use --ops standard")  # fmt: skip
     ir.external_data.load_to_model(model)
     original = ir.serde.serialize_model(model)
     lowered = lower_model(original, "the fused model", owner=lambda name: _owner(name, labels))

@@ -14,7 +14,7 @@ import onnx
 
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.evaluation import Evaluation
-from onnxfuse.spec import FuseSpec, ModelSpec, declare, option_types, options
+from onnxfuse.spec import PATHS, FuseSpec, ModelSpec, declare, option_types, options
 from onnxfuse.tables import DataInput, as_table
 
 if TYPE_CHECKING:
@@ -128,6 +128,10 @@ def _typed(field: dataclasses.Field, value: Any) -> Any:
     wanted = option_types(field)
     if Path in wanted and isinstance(value, str | os.PathLike):
         return Path(value)
+    if PATHS in wanted and isinstance(value, list | tuple) and value and all(isinstance(v, str | os.PathLike)
+                                                                            for v in value):  # fmt: skip
+        return tuple(Path(v) for v in value)
+    wanted = {kind for kind in wanted if kind is not PATHS}
     if float in wanted and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tuple(wanted)) or (isinstance(value, bool) and bool not in wanted):

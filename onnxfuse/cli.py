@@ -19,7 +19,17 @@ from click.core import ParameterSource
 
 from onnxfuse import __version__
 from onnxfuse.errors import OnnxfuseError, OnnxfuseWarning, VerificationError
-from onnxfuse.spec import FuseSpec, ModelSpec, declare, long_flag, option_types, options, read_spec, spec_key
+from onnxfuse.spec import (
+    PATHS,
+    FuseSpec,
+    ModelSpec,
+    declare,
+    long_flag,
+    option_types,
+    options,
+    read_spec,
+    spec_key,
+)
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -129,6 +139,8 @@ def _click_kind(field: dataclasses.Field) -> dict:
         kind = click.Choice(rules["choices"])
     elif field.name == "output":  # the raw text: click.Path drops a trailing '/', which says "a folder"
         return {"type": str, "default": None, "callback": _output_file, "metavar": "PATH"}
+    elif PATHS in kind:  # repeatable: `--data a.parquet --data b.parquet`
+        return {"type": click.Path(path_type=Path), "multiple": True, "default": None}
     elif Path in kind:
         kind = click.Path(path_type=Path)
     elif float in kind:
@@ -283,6 +295,8 @@ def _fuse_spec(ctx: click.Context, spec_file: Path | None, flags: dict) -> FuseS
     for field in options():
         key, value = spec_key(field), flags[spec_key(field)]
         value = not value if field.metadata.get("negated") else value
+        if isinstance(value, tuple):  # a repeatable option: one value is that value, none is unset
+            value = (value[0] if len(value) == 1 else value) if value else None
         if ctx.get_parameter_source(key) == ParameterSource.COMMANDLINE or field.name not in settings:
             if value is not None:
                 chosen[field.name] = value

@@ -119,13 +119,15 @@ class Labelled:
     task: str
     classes: tuple | None
     why: str = ""  # which rule chose the task, for the summary line
+    held: np.ndarray | None = None  # bool per row: the hold-out rows, decided per row (`sampling`); None: split here
 
     @property
     def rows(self) -> int:
         return len(self.target)
 
     def take(self, rows: np.ndarray) -> Labelled:
-        return dataclasses.replace(self, feeds=take(self.feeds, rows), target=self.target[rows])
+        held = None if self.held is None else self.held[rows]
+        return dataclasses.replace(self, feeds=take(self.feeds, rows), target=self.target[rows], held=held)
 
 
 def labelled_rows(
@@ -134,16 +136,19 @@ def labelled_rows(
     """Feeds for every row plus the checked target (see `data.read_target`); NaN in feature columns is passed
     to the models."""
     column = read_target(table, target, path, task=task, classifiers=classifiers)
-    return Labelled(_all_feeds(binding, table, path), column.values, column.task, column.classes, column.why)
+    return Labelled(bound_feeds(binding, table, path), column.values, column.task, column.classes, column.why)
 
 
 def split_rows(labelled: Labelled, holdout: float, *, seed: int, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/hold-out row indices, stratified by class for classification."""
+    """Seeded train/hold-out row indices, stratified by class for classification; the rows' own hold-out flags
+    where the data was sampled (`Labelled.held`)."""
     from sklearn.model_selection import train_test_split
 
     everything = np.arange(labelled.rows)
     if holdout <= 0:
         return everything, everything[:0]
+    if labelled.held is not None:
+        return np.flatnonzero(~labelled.held), np.flatnonzero(labelled.held)
     stratify = labelled.target if labelled.task == "classification" else None
     if stratify is not None:
         values, counts = np.unique(stratify, return_counts=True)
@@ -164,7 +169,8 @@ def take(feeds: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndar
     return {name: array[rows] for name, array in feeds.items()}
 
 
-def _all_feeds(binding: Binding, table: Table, path: Path) -> dict[str, np.ndarray]:
+def bound_feeds(binding: Binding, table: Table, path: Path | str) -> dict[str, np.ndarray]:
+    """The graph's inputs from the data's columns (see `labelled_rows`)."""
     check_bound_columns(table, binding, path)
     feeds: dict[str, np.ndarray] = {}
     if binding.features:

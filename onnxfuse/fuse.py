@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -35,6 +36,9 @@ from onnxfuse.signals import graph_signals, graph_votes, numpy_signals, numpy_vo
 from onnxfuse.spec import FuseSpec
 from onnxfuse.splice import Spliced
 from onnxfuse.support import BATCH_DIM, FEATURES, add_constant, add_node, class_array
+
+if TYPE_CHECKING:
+    from onnxfuse.sampling import Streamed
 
 CONTRACT_OUTPUTS = ("label", "probabilities", "prediction", "available", "source_effects", "weights")
 
@@ -58,10 +62,12 @@ def fuse(
     spec: FuseSpec,
     *,
     feeds: Mapping[str, np.ndarray],
-    folder: Path,
+    folder: Path | None,
     versions: Versions,
+    streamed: Streamed | None = None,
 ) -> Fused:
-    """Fit `spec.fusion`'s head on the labelled rows (or weigh the sources equally without) and add it."""
+    """Fit `spec.fusion`'s head on the labelled rows (or weigh the sources equally without) and add it; with
+    `streamed` (the labelled rows are a sample of larger data) the hold-out table covers all of its hold-out rows."""
     fusion = chosen_fusion(spec.fusion)
     space = LabelSpace(labelled.task, labelled.classes) if labelled is not None else None
     roles = [output_role(m, task=space.task, classes=space.classes) if space else output_role(m) for m in models]
@@ -71,7 +77,8 @@ def fuse(
         roles = _checked_roles(roles, _sources_alone(models, roles, binding, feeds), fusion)
         head, report, evaluation = fusion.untrained(len(models), space), None, None
     else:
-        head, report, evaluation, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, binding)
+        head, report, evaluation, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, binding,
+                                                   streamed)  # fmt: skip
     inputs = _head_inputs(spliced, roles, space, binding, spec, votes=fusion.votes, features=head.uses_features)
     if spec.explain:
         outputs = explained(spliced.model, head, inputs, space, versions, source_columns(binding),
@@ -107,9 +114,10 @@ def _head_inputs(spliced: Spliced, roles, space: LabelSpace, binding: Binding, s
     return HeadInputs(signals, available, float_features(graph) if features else None)
 
 
-def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: FuseSpec, folder, binding: Binding):
+def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: FuseSpec, folder, binding: Binding,
+             streamed: Streamed | None):  # fmt: skip
     """Score the sources on the labelled rows, check their probabilities, fit and report the head."""
-    from onnxfuse.score import score  # onnxruntime is imported where sources are scored
+    from onnxfuse.score import SCORE_FILE, score  # onnxruntime is imported where sources are scored
     from onnxfuse.train import train_head  # so are scikit-learn and scipy
 
     wanted = scored_outputs(spliced.outputs, roles, votes=fusion.votes, classes=labelled.classes)
@@ -122,7 +130,21 @@ def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: F
                             feature_columns=columns)  # fmt: skip
     head_signals = numpy_votes(signals, scores, labelled.classes) if fusion.votes else signals
     names = [(f"m{m.source.index} {m.source.name}", reading_of(r, labelled)) for m, r in zip(models, roles)]
-    head, report, evaluation = train_head(fusion, signals, head_signals, labelled, spec, names=names)
+    stream = None
+    if streamed is not None:
+        from onnxfuse.holdout import HoldoutJob, stream_holdout
+        from onnxfuse.score import serialize_with_outputs
+
+        def stream(scorers):
+            local = folder is not None and streamed.engine == "local"  # a Ray worker elsewhere gets the bytes
+            model = str(folder / SCORE_FILE) if local else serialize_with_outputs(spliced.model, list(wanted.values()))
+            job = HoldoutJob(model, tuple((key, value.name) for key, value in wanted.items()), binding, tuple(roles),
+                             LabelSpace(labelled.task, labelled.classes), fusion.votes, columns, tuple(names),
+                             scorers, streamed)  # fmt: skip
+            progress.stage(f"measuring the head on the hold-out rows of all {streamed.data_rows:,} rows")
+            return stream_holdout(job, progress=lambda done: progress.rows(done, streamed.data_rows))
+
+    head, report, evaluation = train_head(fusion, signals, head_signals, labelled, spec, names=names, stream=stream)
     return head, report, evaluation, roles
 
 

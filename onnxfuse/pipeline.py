@@ -16,9 +16,10 @@ import onnxfuse.progress
 from onnxfuse import __version__
 from onnxfuse.bind import InputBinding, bind
 from onnxfuse.data import Table, column_names, read_table
+from onnxfuse.dataset import Dataset, check_columns, is_dataset, open_dataset
 from onnxfuse.emit import check_output, check_sealed, emit, fused_metadata, metadata_json, stage, workspace
 from onnxfuse.evaluation import Evaluation
-from onnxfuse.feeds import labelled_rows, source_rows, verification_feeds
+from onnxfuse.feeds import VERIFY_ROWS, labelled_rows, source_rows, verification_feeds
 from onnxfuse.fuse import Fused, fuse
 from onnxfuse.heads.base import Head
 from onnxfuse.load import SourceModel, load_model
@@ -28,6 +29,7 @@ from onnxfuse.optimize import optimize
 from onnxfuse.progress import Reporter, reporting
 from onnxfuse.report import check_report, write_report
 from onnxfuse.roles import looks_like_classifier
+from onnxfuse.sampling import Streamed, draw_sample
 from onnxfuse.spec import FuseSpec, check_spec
 from onnxfuse.splice import splice
 from onnxfuse.support import CORE_DOMAINS, STANDARD_DOMAINS
@@ -62,26 +64,36 @@ def merge(spec: FuseSpec, *, progress: Reporter | None = None, table: Table | No
 
 def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
     check_spec(spec)
-    inputs = [m.path for m in spec.models if m.proto is None] + ([spec.data] if spec.data and table is None else [])
+    dataset = open_dataset(spec.data) if table is None and spec.data and is_dataset(spec.data) else None
+    data_files = list(dataset.files) if dataset is not None else [spec.data] if spec.data and table is None else []
+    inputs = [m.path for m in spec.models if m.proto is None] + data_files
     written = [] if spec.output is None else [spec.output]
     if spec.output is not None:
         check_output(spec.output, inputs)
     if spec.report is not None:
         check_report(spec, [*inputs, *written])
-    if table is None and spec.data:
+    if table is None and spec.data and dataset is None:
         table = read_table(spec.data)
+    data = dataset.label if dataset is not None else spec.data
     sources = tuple(load_model(model, index) for index, model in enumerate(spec.models, start=1))
     models, versions = normalize(sources, target_opset=spec.target_opset, max_ir_version=spec.max_ir_version)
     with blaming(models):
-        binding = bind(models, data_columns=column_names(table), features_dtype=spec.features_dtype)
+        binding = bind(models, data_columns=dataset.columns if dataset else column_names(table),
+                       features_dtype=spec.features_dtype)  # fmt: skip
+        streamed = None
+        if dataset is not None:
+            table, held, streamed = _read_rows(dataset, binding, spec)
         classifiers = any(looks_like_classifier(model) for model in models)
         labelled = labelled_rows(
-            table, binding, spec.data, target=spec.target, task=spec.task, classifiers=classifiers
+            table, binding, data, target=spec.target, task=spec.task, classifiers=classifiers
         ) if spec.target else None  # fmt: skip
+        if labelled is not None and streamed is not None:
+            labelled = dataclasses.replace(labelled, held=held)
         spliced = splice(models, binding, versions)
         with workspace(spec.output, inputs) if written else contextlib.nullcontext() as folder:
-            feeds = verification_feeds(binding, table, spec.data, seed=spec.seed)
-            fused = fuse(spliced, models, binding, labelled, spec, feeds=feeds, folder=folder, versions=versions)
+            feeds = verification_feeds(binding, table, data, seed=spec.seed)
+            fused = fuse(spliced, models, binding, labelled, spec, feeds=feeds, folder=folder, versions=versions,
+                         streamed=streamed)  # fmt: skip
             if spec.optimize:
                 optimize(fused.model, keep=[value for outputs in spliced.outputs for value in outputs.values()])
             if spec.ops == "core":
@@ -102,6 +114,28 @@ def _merge(spec: FuseSpec, table: Table | None) -> FuseResult:
     return FuseResult(spec.output, binding.features, fused.space.classes, fused.space.task, versions,
                       fused.metadata, fused.head, ort=spec.ort, why=why, evaluation=fused.evaluation,
                       sealed=staged.sealed)  # fmt: skip
+
+
+def _read_rows(dataset: Dataset, binding, spec: FuseSpec):
+    """(table, hold-out flags, Streamed): the columns the merge reads, of every row when the data holds at most
+    `--fit-rows` of them (split as in memory), else of the seeded fit sample (see `sampling`), whose hold-out
+    rows are then measured over the whole data; without a target, the first rows, to verify on."""
+    shared = [value.name for value in binding.shared if value.name in dataset.columns]
+    target = [spec.target] if spec.target else []
+    needed = list(dict.fromkeys([*binding.features, *binding.strings, *shared, *target]))
+    check_columns(dataset, needed)
+    if not needed:  # the models read no column: verification rows are generated
+        return None, None, None
+    if not spec.target:
+        return dataset.head(needed, VERIFY_ROWS), None, None
+    onnxfuse.progress.stage(f"reading {len(needed)} columns of {dataset.label}")
+    sample = draw_sample(dataset, needed, fit_rows=spec.fit_rows, seed=spec.seed, holdout=spec.holdout,
+                         progress=lambda done: onnxfuse.progress.rows(done, dataset.rows or 0))  # fmt: skip
+    if sample.complete:
+        return sample.table, None, None
+    streamed = Streamed(dataset, tuple(needed), spec.target, spec.engine, spec.seed, spec.holdout,
+                        len(sample.holdout), sample.rows)  # fmt: skip
+    return sample.table, sample.holdout, streamed
 
 
 def _lowered(fused: Fused, feeds, labels: list[str]) -> Fused:

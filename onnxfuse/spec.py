@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 TASKS = ("auto", "classification", "regression")
 FEATURES_DTYPES = ("auto", "float32", "float64")
 OPS = ("standard", "core")
+ENGINES = ("local", "ray")
+PATHS = tuple[Path, ...]  # an option that takes several paths (`--data` repeated)
 
 
 def option(default: Any, help: str, *, flags: tuple[str, ...] = (), **rules: Any) -> Any:
@@ -55,7 +57,10 @@ class FuseSpec:
 
     models: tuple[ModelSpec, ...]
     output: Path | None = option(dataclasses.MISSING, "The fused .onnx file to write.", flags=("-o", "--output"))
-    data: Path | None = option(None, "Rows (.csv, .tsv, .parquet, .npz) to verify (and train) on.")
+    data: Path | PATHS | None = option(
+        None, "Rows to verify (and train) on: a .csv, .tsv, .parquet or .npz file, a folder of Parquet or CSV files "
+        "(hive partitions included), a glob, or several files (repeat --data).",
+    )  # fmt: skip
     target: str | None = option(None, "The label column in --data.")
     fusion: str = option(
         "stack", "How the sources are combined: a meta-learner (stack), their weighted mean, a weighted vote of "
@@ -72,6 +77,14 @@ class FuseSpec:
         "refitted on all rows.", minimum=0.0, maximum=1.0, maximum_open=True,
     )  # fmt: skip
     seed: int = option(0, "Seed of the hold-out split, the heads and generated verification rows.")
+    fit_rows: int = option(
+        1_000_000, "The head is fitted on a seeded uniform sample of at most this many rows of --data; the hold-out "
+        "rows of all of it are measured.", minimum=2,
+    )  # fmt: skip
+    engine: str = option(
+        "local", "Where larger-than-sample data is scored: local threads, or Ray Data (pip install 'onnxfuse[ray]'; "
+        "RAY_ADDRESS names a cluster).", choices=ENGINES,
+    )  # fmt: skip
     target_opset: int | None = option(None, "ai.onnx opset of the output.", minimum=1)
     max_ir_version: int | None = option(None, "Refuse to write a higher IR version.", minimum=3)
     keep_model_outputs: bool = option(False, "Also output each model's own outputs as m{i}/<name>.")
@@ -236,6 +249,10 @@ def _under(folder: Path, value: object, where: str) -> Path:
 def _typed(field: dataclasses.Field, value: object, where: str, folder: Path) -> Any:
     """A spec-file value of `field`, checked against the field's type and rules (paths resolved)."""
     wanted = option_types(field)
+    if PATHS in wanted and isinstance(value, list):  # several files: `data = ["a.parquet", "b.parquet"]`
+        if not value or not all(isinstance(item, str) for item in value):
+            raise OnnxfuseError(f"{where} must be a path or a non-empty list of paths")
+        return tuple(_under(folder, item, where) for item in value)
     is_path = Path in wanted
     if is_path:
         wanted = {str}

@@ -11,22 +11,28 @@ from typing import Any
 import numpy as np
 
 from onnxfuse.data import Table, check_rows, read_table, to_numpy
+from onnxfuse.dataset import is_glob, open_dataset
 from onnxfuse.errors import OnnxfuseError
 
 DataInput = Any  # pandas.DataFrame | pyarrow.Table | Mapping[str, array-like] | str | os.PathLike
 
 
-def as_table(data: DataInput) -> tuple[Table | None, Path]:
+def as_table(data: DataInput) -> tuple[Table | None, Path | tuple[Path, ...]]:
     """`(columns, label)`: the columns of in-memory data and how messages name it; a path comes back unread
     (`(None, path)`), for the merge to read it as the CLI does."""
     if isinstance(data, str | os.PathLike):
         return None, Path(data)
+    if isinstance(data, list | tuple) and data and all(isinstance(item, str | os.PathLike) for item in data):
+        return None, tuple(Path(item) for item in data) if len(data) > 1 else Path(data[0])  # files of one dataset
     return in_memory(data), Path(f"<{type(data).__name__}>")
 
 
 def table_of(data: DataInput) -> tuple[Table, Path]:
     """The columns of any data the API takes (a path read as `--data` is), and how messages name it."""
     table, label = as_table(data)
+    if table is None and (isinstance(label, tuple) or label.is_dir() or is_glob(label)):
+        dataset = open_dataset(label)
+        return dataset.read(dataset.columns), dataset.label
     return (read_table(label) if table is None else table), label
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +30,7 @@ def train_head(
     spec: FuseSpec,
     *,
     names: Sequence[tuple[str, str | None]],
+    stream: Callable[[Scorers], dict] | None = None,
 ) -> tuple[Head, dict, Evaluation | None]:
     """Fit, report on the seeded (stratified) hold-out against every source and a
     from-scratch baseline of the same family on the raw features, then refit on all
@@ -47,19 +49,23 @@ def train_head(
     scores, one per class: read through a softmax), or None (not comparable). What
     the figures say a user should know is warned of and listed (`caveats`). The hold-out answers themselves come
     back as an `Evaluation` (None without hold-out rows), for the HTML report and Python users.
+
+    `stream` (data beyond the fit sample, see `holdout`): the hold-out table is measured over every hold-out row
+    of the data by `stream(scorers)`, which returns its `metrics` and row counts; the per-pattern table and the
+    `Evaluation` stay on the sample's hold-out rows.
     """
     from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
     with threadpool_limits(limits=1, user_api="blas"):  # the heads' matrices are small: threads only wait
-        return _train_head(fusion, signals, head_signals, labelled, spec, names)
+        return _train_head(fusion, signals, head_signals, labelled, spec, names, stream)
 
 
-def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpec, names):
+def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpec, names, stream):
     features = labelled.feeds.get("features")
     if features is None and fusion.needs_features(spec):
         flags = f"--fusion {fusion.name}{' --passthrough' if spec.passthrough else ''}"
         raise OnnxfuseError(f"{flags} needs column features")
-    usable = _usable_rows(signals, features, spec)
+    usable = usable_rows(signals, features, availability=spec.availability)
     skipped = int(labelled.rows - usable.sum())
     if usable.sum() < 2:
         needed = "some source is available" if spec.availability else "every source output"
@@ -80,11 +86,15 @@ def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpe
         head = fusion.fit(head_signals, features, labelled.target, space, spec)
         return head, {**report, "warnings": caveats(report, head.metadata(), spec)}, None
     fitted = fusion.fit(head_signals.take(train), _rows(features, train), labelled.target[train], space, spec)
-    fused = fitted.predict(head_signals.take(held), _rows(features, held))
-    outputs = _holdout_outputs(fusion, fused, signals, features, labelled, train, held, names, spec)
+    scorers = _scorers(fusion, fitted, features, labelled, train, spec)
+    outputs = answers(scorers, signals.take(held), head_signals.take(held), _rows(features, held), names, space)
     truth = labelled.target[held]
     report["metrics"] = {name: metrics(labelled.task, truth, outputs[name], labelled.classes) if name in outputs
                          else {} for name in (*(n for n, _ in names), *outputs)}  # fmt: skip
+    if stream is not None:
+        streamed = stream(scorers)
+        report["metrics"] = {name: streamed["metrics"].get(name, {}) for name in report["metrics"]}
+        report["rows"] = {**report["rows"], **streamed["rows"]}
     if spec.availability:
         report["patterns"] = _pattern_metrics(fitted, signals, head_signals, features, labelled, train, held, names)
     progress.stage("fitting the head on all rows")
@@ -106,8 +116,10 @@ def _explained(fitted: Head, signals: Signals, features: np.ndarray | None, spec
     return {"available": signals.mask, "effects": numpy_effects(fitted, signals, features), "weights": weights}
 
 
-def _usable_rows(signals: Signals, features: np.ndarray | None, spec: FuseSpec) -> np.ndarray:
-    if spec.availability:
+def usable_rows(signals: Signals, features: np.ndarray | None, *, availability: bool) -> np.ndarray:
+    """Rows a head can answer: some source available (without availability: every output finite), and no
+    feature infinite."""
+    if availability:
         usable = signals.mask.any(axis=1)
     else:
         usable = np.logical_and.reduce([np.isfinite(s).all(axis=1) for s in signals.per_model])
@@ -116,19 +128,52 @@ def _usable_rows(signals: Signals, features: np.ndarray | None, spec: FuseSpec) 
     return usable
 
 
-def _holdout_outputs(fusion, fused, signals, features, labelled, train, held, names, spec) -> dict[str, np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The from-scratch model on the raw features, as fitted on the training part."""
+
+    family: str
+    standardizer: Standardizer
+    learner: object
+
+    @property
+    def name(self) -> str:
+        return f"baseline ({self.family} on raw features)"
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self.learner.predict(self.standardizer.standardize(features)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorers:
+    """What answers a hold-out row: the head fitted on the training part, the prior a missing source answers,
+    the baseline (None without features). Picklable: a Ray worker scores its rows with it."""
+
+    fitted: Head
+    prior: np.ndarray
+    baseline: Baseline | None
+
+
+def _scorers(fusion, fitted: Head, features, labelled: Labelled, train, spec: FuseSpec) -> Scorers:
+    space = LabelSpace(labelled.task, labelled.classes)
+    prior = target_prior(learner_target(labelled.target[train], space), space)
+    baseline = None
+    if features is not None:
+        baseline = _baseline(fusion.baseline_family(spec), features[train], labelled.target[train], space, spec)
+    return Scorers(fitted, prior, baseline)
+
+
+def answers(scorers: Scorers, signals: Signals, head_signals: Signals, features: np.ndarray | None,
+            names: Sequence[tuple[str, str | None]], space: LabelSpace) -> dict[str, np.ndarray]:  # fmt: skip
     """Each comparable source alone (the prior where it is unavailable), the fused head and the baseline, on the
-    hold-out rows."""
-    task, classes = labelled.task, labelled.classes
-    prior = target_prior(learner_target(labelled.target[train], LabelSpace(task, classes)), LabelSpace(task, classes))
+    same rows."""
     outputs = {}
     for m, ((name, reading), signal) in enumerate(zip(names, signals.per_model)):
         if reading:
-            outputs[name] = with_prior(alone(signal[held], reading, task), signals.mask[held][:, [m]], prior)
-    outputs[FUSED] = np.asarray(fused)
-    if features is not None:
-        family, output = _baseline(fusion.baseline_family(spec), features, labelled, train, held, spec)
-        outputs[f"baseline ({family} on raw features)"] = np.asarray(output)
+            outputs[name] = with_prior(alone(signal, reading, space.task), signals.mask[:, [m]], scorers.prior)
+    outputs[FUSED] = np.asarray(scorers.fitted.predict(head_signals, features))
+    if scorers.baseline is not None and features is not None:
+        outputs[scorers.baseline.name] = scorers.baseline.predict(features)
     return outputs
 
 
@@ -164,20 +209,19 @@ def alone(signal: np.ndarray, reading: str | None, task: str) -> np.ndarray:
     return _softmax(own) if reading == "softmax" else own
 
 
-def _baseline(family: str, features, labelled: Labelled, train, held, spec: FuseSpec) -> tuple[str, np.ndarray]:
+def _baseline(family: str, features: np.ndarray, target: np.ndarray, space: LabelSpace, spec: FuseSpec) -> Baseline:
     """A model from scratch on the training part's raw features (standardised, float64, tuned by cross-validation);
     for `auto`, the better of linear and gbdt by the same cross-validation."""
     progress.stage("fitting the from-scratch baseline")
-    space = LabelSpace(labelled.task, labelled.classes)
-    standardizer = Standardizer.fit(features[train])
-    x, y = standardizer.standardize(features[train]), learner_target(labelled.target[train], space)
+    standardizer = Standardizer.fit(features)
+    x, y = standardizer.standardize(features), learner_target(target, space)
     splits = folds(y, space.task, seed=spec.seed)
     count = len(space.classes) if space.classes is not None else None
     families = ("linear", "gbdt") if family == "auto" else (family,)
     tuned = [tune(f, space.task, x, y, splits, seed=spec.seed, classes=count) for f in families]
     best = min(tuned, key=lambda t: t.loss if t.loss is not None else 0.0)
     learner = fit_learner(best.family, space.task, x, y, best.params, seed=spec.seed, classes=count)
-    return best.family, learner.predict(standardizer.standardize(features[held]))
+    return Baseline(best.family, standardizer, learner)
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:

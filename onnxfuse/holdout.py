@@ -1,0 +1,178 @@
+"""The hold-out table over every hold-out row of data larger than the fit sample, streamed piece by piece.
+
+Rules: a piece's hold-out rows (`sampling.held_out`) are read, the sources scored on them in onnxruntime from the
+spliced model's bytes, and each comparable source alone, the head fitted on the training part and the baseline
+answer them as `train.answers` does in memory; `streaming.Accumulator`s sum their metrics, merged in the pieces'
+order, so the engines (`engine.map_pieces`: threads, or Ray actors that each build their own session) give the same
+figures. Rows no head can answer (no source available, an infinite feature) and rows of a class the sample never
+saw are counted, not scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from onnxfuse.bind import Binding
+from onnxfuse.dataset import Piece, piece_tables
+from onnxfuse.errors import OnnxfuseError
+from onnxfuse.feeds import bound_feeds
+from onnxfuse.heads.base import LabelSpace
+from onnxfuse.roles import OutputRole
+from onnxfuse.sampling import SAMPLE_STREAM, Streamed, held_out, row_keys
+from onnxfuse.signals import numpy_signals, numpy_votes
+from onnxfuse.streaming import Accumulator
+from onnxfuse.support import FEATURES
+from onnxfuse.train import Scorers, answers, usable_rows
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldoutJob:
+    """Picklable: a Ray worker rebuilds the session from `model`'s bytes (`__call__`), never from a session."""
+
+    model: bytes | str  # the spliced sources exposing `outputs`: their bytes, or the scoring file's path (local)
+    outputs: tuple[tuple[str, str], ...]  # (score key, graph value name)
+    binding: Binding
+    roles: tuple[OutputRole, ...]
+    space: LabelSpace
+    votes: bool
+    feature_columns: tuple[tuple[int, ...], ...] | None
+    names: tuple[tuple[str, str | None], ...]
+    scorers: Scorers
+    streamed: Streamed
+
+    def __call__(self, threads: int) -> _PieceScorer:
+        return _PieceScorer(self, threads)
+
+
+@dataclasses.dataclass
+class Partial:
+    """One piece's sums: an accumulator per table row, and the rows counted but not scored."""
+
+    metrics: dict[str, Accumulator]
+    rows: int = 0
+    skipped: int = 0
+    unknown_class: int = 0
+
+    def merge(self, other: Partial) -> None:
+        for name, accumulator in other.metrics.items():
+            self.metrics[name].merge(accumulator)
+        self.rows += other.rows
+        self.skipped += other.skipped
+        self.unknown_class += other.unknown_class
+
+
+class _PieceScorer:
+    """A session over the spliced sources, and the piece-by-piece scoring."""
+
+    def __init__(self, job: HoldoutJob, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.job = job
+        self.session = ort.InferenceSession(job.model, options, providers=["CPUExecutionProvider"])
+        self.wanted = {i.name for i in self.session.get_inputs()}
+
+    def __call__(self, piece: Piece) -> Partial:
+        job, streamed = self.job, self.job.streamed
+        partial = Partial({name: Accumulator(job.space.task, job.space.classes) for name in _names(job)})
+        for offset, table in piece_tables(piece, streamed.columns, streamed.dataset.schema):
+            count = len(table[streamed.target])
+            held = held_out(piece.name, offset, count, seed=streamed.seed, holdout=streamed.holdout)
+            if not held.any():
+                continue
+            keys = row_keys(piece.name, offset, count, seed=streamed.seed, stream=SAMPLE_STREAM)[held]
+            self._score({name: values[held] for name, values in table.items()}, keys, piece, partial)
+        return partial
+
+    def _score(self, table: Mapping[str, np.ndarray], keys: np.ndarray, piece: Piece, partial: Partial) -> None:
+        job = self.job
+        partial.rows += len(keys)
+        truth, known = _target(table[job.streamed.target], job.space, piece)
+        partial.unknown_class += int((~known).sum())
+        feeds = bound_feeds(job.binding, table, piece.path)
+        runnable = {name: values for name, values in feeds.items() if name in self.wanted}
+        values = self.session.run([name for _, name in job.outputs], runnable)
+        scores = {key: np.asarray(value) for (key, _), value in zip(job.outputs, values)}
+        features = feeds.get(FEATURES)
+        signals = numpy_signals(scores, job.roles, job.space.classes, features=features,
+                                feature_columns=job.feature_columns)  # fmt: skip
+        usable = known & usable_rows(signals, features, availability=job.feature_columns is not None)
+        partial.skipped += int((known & ~usable).sum())
+        if not usable.any():
+            return
+        rows = np.flatnonzero(usable)
+        signals = signals.take(rows)
+        head_signals = numpy_votes(signals, {k: v[rows] for k, v in scores.items()}, job.space.classes) \
+            if job.votes else signals  # fmt: skip
+        outputs = answers(job.scorers, signals, head_signals, None if features is None else features[rows],
+                          job.names, job.space)  # fmt: skip
+        for name, output in outputs.items():
+            partial.metrics[name].update(truth[rows], output, keys[rows])
+
+
+def stream_holdout(job: HoldoutJob, *, progress=None) -> dict[str, Any]:
+    """The hold-out table's metrics over every hold-out row, and its row counts (see `train.train_head`)."""
+    from onnxfuse.engine import map_pieces
+
+    streamed = job.streamed
+    pieces = streamed.dataset.pieces
+    partials = map_pieces(pieces, job, engine=streamed.engine, rows=lambda piece: piece.rows or 0,
+                          progress=progress)  # fmt: skip
+    total = Partial({name: Accumulator(job.space.task, job.space.classes) for name in _names(job)})
+    for partial in partials:
+        total.merge(partial)
+    if not total.rows:
+        raise OnnxfuseError(f"data {streamed.dataset.label}: no hold-out row; raise --holdout")
+    results = {name: accumulator.result() for name, accumulator in total.metrics.items()}
+    sampled = next(iter(total.metrics.values()))
+    rows = {
+        "holdout": total.rows - total.skipped - total.unknown_class,
+        "data": streamed.data_rows,
+        "fit_sample": streamed.sample_rows,
+        "holdout_skipped": total.skipped,
+        "holdout_unknown_class": total.unknown_class,
+    }
+    if sampled.auc_sampled:
+        rows["roc_auc_rows"] = min(sampled.rows, sampled.auc_rows)
+    return {"metrics": results, "rows": {k: v for k, v in rows.items() if v is not None}}
+
+
+def _names(job: HoldoutJob) -> list[str]:
+    from onnxfuse.evaluation import FUSED
+
+    names = [name for name, reading in job.names if reading]
+    names.append(FUSED)
+    if job.scorers.baseline is not None:
+        names.append(job.scorers.baseline.name)
+    return names
+
+
+def _target(values: np.ndarray, space: LabelSpace, piece: Piece) -> tuple[np.ndarray, np.ndarray]:
+    """The piece's target as the head reads it, and which rows hold a class the sample knows."""
+    if space.task == "regression":
+        if values.dtype.kind not in "biuf":
+            raise OnnxfuseError(f"data {piece.path}: the target column is not numeric here")
+        target = values.astype(np.float64)
+        if not np.isfinite(target).all():
+            raise OnnxfuseError(f"data {piece.path}: the target column holds NaN or infinite values")
+        return target, np.ones(len(target), dtype=bool)
+    if values.dtype.kind in "OUS":
+        labels = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    else:
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise OnnxfuseError(f"data {piece.path}: the target column holds NaN or infinite values")
+        labels = values.astype(np.int64)
+    known = np.isin(labels, np.array(space.classes, dtype=labels.dtype))
+    return labels, known
+
+
+def job_outputs(wanted: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple((key, value.name) for key, value in wanted.items())
+

@@ -63,6 +63,8 @@ class Dataset:
     def read(self, columns: Sequence[str]) -> Table:
         """Every row of `columns`, in the dataset's order."""
         chunks = [table for _, table in self.tables(columns)]
+        if not chunks:
+            raise OnnxfuseError(f"data {self.label}: holds no rows")
         return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in columns}
 
     def head(self, columns: Sequence[str], rows: int) -> Table:
@@ -73,6 +75,8 @@ class Dataset:
             count += len(table[columns[0]]) if columns else 0
             if count >= rows or not columns:
                 break
+        if not chunks:
+            raise OnnxfuseError(f"data {self.label}: holds no rows")
         return {name: np.concatenate([chunk[name] for chunk in chunks])[:rows] for name in columns}
 
     def tables(self, columns: Sequence[str]) -> Iterator[tuple[Piece, Table]]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from onnxfuse.data import Table
 from onnxfuse.dataset import Dataset
+from onnxfuse.errors import OnnxfuseError
 
 HOLDOUT_STREAM, SAMPLE_STREAM = 1, 2
 _UNIT = 2.0**-53
@@ -72,6 +73,8 @@ def draw_sample(dataset: Dataset, columns: Sequence[str], *, fit_rows: int, seed
         total += piece.rows
         if progress is not None:
             progress(piece.rows)
+    if not total:
+        raise OnnxfuseError(f"data {dataset.label}: holds no rows")
     table = kept.rows()
     order = np.lexsort((table.pop("\0row"), table.pop("\0piece")))
     flags = table.pop("\0holdout")[order]

@@ -48,23 +48,38 @@ def format_table(report: dict, fusion: dict | None = None) -> str:
     counts = report["rows"]
     skipped = counts.get("skipped_not_finite", 0)
     left_out = f"; {skipped} rows with no source available or an infinite feature left out" if skipped else ""
-    lines = [
-        f"hold-out: {counts['holdout']} of {counts['holdout'] + counts['train']} rows "
-        f"(seed {report['seed']}); head refit on all rows afterwards{left_out}",
-        *_aligned(rows, left=1),
-    ]
+    lines = [_holdout_line(report, counts, left_out), *_aligned(rows, left=1)]
     patterns = counts.get("patterns", {})
     if len(patterns) > 1:  # some rows lack a source: say how many of each kind, and where a source alone answered
         listed = ", ".join(f"{name} {count}" for name, count in patterns.items())
         lines.append(f"rows per availability pattern: {listed}; a source alone answers the prior where it is missing")
     if report.get("patterns"):
-        lines.append("by availability pattern (hold-out rows with those sources, the others masked):")
+        which = f"the fit sample's {counts['sample_holdout']:,} hold-out rows" if "data" in counts else "hold-out rows"
+        lines.append(f"by availability pattern ({which} with those sources, the others masked):")
         lines.extend(_pattern_lines(report["patterns"], names))
     chosen = (fusion or {}).get("chosen")
     if chosen is not None:
         scores, cv = fusion["candidates"], fusion["cv"]
         lines.append(f"head: {chosen}, chosen by --meta auto{_choice(scores, cv, chosen)}")
     return "\n".join(lines)
+
+
+def _holdout_line(report: dict, counts: dict, left_out: str) -> str:
+    """Which rows the table is on: a seeded split of the rows, or (data beyond `--fit-rows`) every hold-out row of
+    the data, the head fitted on a sample."""
+    if "data" not in counts:
+        return (f"hold-out: {counts['holdout']} of {counts['holdout'] + counts['train']} rows (seed {report['seed']}); "
+                f"head refit on all rows afterwards{left_out}")  # fmt: skip
+    unknown = counts.get("holdout_unknown_class", 0)
+    skipped = counts.get("holdout_skipped", 0)
+    notes = [f"{skipped:,} with no source available or an infinite feature left out"] if skipped else []
+    notes += [f"{unknown:,} of classes the fit sample lacks left out"] if unknown else []
+    auc = f"; ROC AUC on a sample of {counts['roc_auc_rows']:,} of them" if "roc_auc_rows" in counts else ""
+    return (
+        f"hold-out: {counts['holdout']:,} of {counts['data']:,} rows (seed {report['seed']}, decided per row)"
+        f"{'; ' + ', '.join(notes) if notes else ''}{auc}; head fitted on {counts['train']:,} other rows of a "
+        f"{counts['fit_sample']:,}-row sample (--fit-rows), then refit on the whole sample"
+    )
 
 
 def format_evaluation(summary: dict) -> str:

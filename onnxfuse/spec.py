@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onnxfuse.engine import ENGINES
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.heads import FUSIONS, METAS, fusion
 
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
 TASKS = ("auto", "classification", "regression")
 FEATURES_DTYPES = ("auto", "float32", "float64")
 OPS = ("standard", "core")
-ENGINES = ("local", "ray")
 PATHS = tuple[Path, ...]  # an option that takes several paths (`--data` repeated)
 
 

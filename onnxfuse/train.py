@@ -94,7 +94,7 @@ def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpe
     if stream is not None:
         streamed = stream(scorers)
         report["metrics"] = {name: streamed["metrics"].get(name, {}) for name in report["metrics"]}
-        report["rows"] = {**report["rows"], **streamed["rows"]}
+        report["rows"] = {**report["rows"], "sample_holdout": len(held), **streamed["rows"]}
     if spec.availability:
         report["patterns"] = _pattern_metrics(fitted, signals, head_signals, features, labelled, train, held, names)
     progress.stage("fitting the head on all rows")

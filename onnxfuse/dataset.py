@@ -233,10 +233,13 @@ def _physical_schema(fragment, name: str):
 
     try:
         schema = fragment.physical_schema
+        names = schema.names
+    except UnicodeDecodeError as exc:
+        raise OnnxfuseError(f"data {name}: a column name is not UTF-8 text; write the header in UTF-8") from exc
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise OnnxfuseError(f"data {name}: cannot read it ({reason(exc, 200)})") from exc
     seen: set[str] = set()
-    for column in schema.names:
+    for column in names:
         if column in seen:
             raise OnnxfuseError(f"data {name}: column '{column}' appears more than once")
         seen.add(column)

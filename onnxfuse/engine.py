@@ -36,7 +36,21 @@ def map_pieces(
     rows: Callable[[P], int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[R]:
-    """Results of make_job(threads)(piece) for every piece, in the pieces' order.
+    """Results of make_job(threads)(piece) for every piece, in the pieces' order (see `iter_pieces`)."""
+    with contextlib.closing(iter_pieces(pieces, make_job, engine=engine, rows=rows, progress=progress)) as results:
+        return list(results)
+
+
+def iter_pieces(
+    pieces: Sequence[P],
+    make_job: Callable[[int], PieceJob],
+    *,
+    engine: str = "local",
+    rows: Callable[[P], int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[R]:
+    """Results of make_job(threads)(piece) for every piece, yielded in the pieces' order as soon as each and those
+    before it are done, so a caller that folds them holds a few at a time, not one per piece.
 
     Rules: `make_job` is picklable (Ray sends it to its actors) and takes the onnxruntime intra-op threads its
     session may use; every job runs on one thread on both engines, because onnxruntime's tree ensembles sum in
@@ -47,31 +61,31 @@ def map_pieces(
     if engine not in ENGINES:
         raise OnnxfuseError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
     if not pieces:
-        return []
+        return
     run = _map_local if engine == "local" else _map_ray
-    return run(pieces, make_job, rows, progress)
+    yield from run(pieces, make_job, rows, progress)
 
 
 def _map_local(
     pieces: Sequence[P], make_job: Callable[[int], PieceJob], rows: Callable[[P], int] | None, progress: Any
-) -> list[R]:
+) -> Iterator[R]:
     """One job shared by one thread per core (onnxruntime's `run` is thread-safe and releases the GIL)."""
     job = make_job(1)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
         futures = [pool.submit(job, piece) for piece in pieces]
-        results = []
-        for piece, future in zip(pieces, futures):  # in piece order, so progress is too
-            results.append(future.result())
+        for index, piece in enumerate(pieces):  # in piece order, so progress is too
+            result = futures[index].result()
+            futures[index] = None  # the future no longer holds the result once the caller has it
             _tell(progress, rows, piece)
-        return results
+            yield result
     finally:  # on an error or Ctrl-C the queued pieces are dropped; the running ones (one per core) finish
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _map_ray(
     pieces: Sequence[P], make_job: Callable[[int], PieceJob], rows: Callable[[P], int] | None, progress: Any
-) -> list[R]:
+) -> Iterator[R]:
     """The pieces as a Ray dataset of (index, pickled piece), one block each, through a pool of `_Actor`s.
 
     One actor per available CPU, one onnxruntime thread each: the same thread count as the local engine
@@ -100,14 +114,15 @@ def _map_ray(
                     "unset it to start a local Ray"
                 ) from exc
         try:
-            return _run_dataset(ray, pieces, make_job, rows, progress)
+            yield from _run_dataset(ray, pieces, make_job, rows, progress)
         finally:
             if started:
                 ray.shutdown()
 
 
-def _run_dataset(ray: Any, pieces: Sequence[P], make_job: Any, rows: Any, progress: Any) -> list[R]:
-    """Stream the actors' rows as they finish; the results put back in piece order."""
+def _run_dataset(ray: Any, pieces: Sequence[P], make_job: Any, rows: Any, progress: Any) -> Iterator[R]:
+    """Stream the actors' rows as they finish; the results put back in piece order (those that finish ahead of
+    an earlier piece wait)."""
     actors = max(1, min(int(ray.available_resources().get("CPU", 1)), len(pieces)))
     items = [{"index": i, "piece": pickle.dumps(piece)} for i, piece in enumerate(pieces)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
@@ -123,15 +138,19 @@ def _run_dataset(ray: Any, pieces: Sequence[P], make_job: Any, rows: Any, progre
             # prints a C++ warning on stderr (ray-project/ray#53727) for every run
             max_restarts=0,
         )
-    results: dict[int, Any] = {}
+    waiting: dict[int, Any] = {}
+    following = 0  # the index of the next result to yield
     stream = iter(dataset.iter_rows())
     try:
         for row in stream:
             index = int(row["index"])
             if row["error"]:
                 raise pickle.loads(row["error"])
-            results[index] = pickle.loads(row["result"])
+            waiting[index] = pickle.loads(row["result"])
             _tell(progress, rows, pieces[index])
+            while following in waiting:
+                yield waiting.pop(following)
+                following += 1
     except ray.exceptions.RayTaskError as exc:  # a failure outside the job itself (the job's own are rows)
         cause = _original(ray, exc)
         if cause is None:
@@ -140,7 +159,6 @@ def _run_dataset(ray: Any, pieces: Sequence[P], make_job: Any, rows: Any, progre
     finally:
         if hasattr(stream, "close"):
             stream.close()  # stops the execution when we stop early (an error, Ctrl-C)
-    return [results[i] for i in range(len(pieces))]
 
 
 class _Actor:

@@ -10,6 +10,7 @@ saw are counted, not scored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -119,15 +120,16 @@ class _PieceScorer:
 
 def stream_holdout(job: HoldoutJob, *, progress=None) -> dict[str, Any]:
     """The hold-out table's metrics over every hold-out row, and its row counts (see `train.train_head`)."""
-    from onnxfuse.engine import map_pieces
+    from onnxfuse.engine import iter_pieces
 
     streamed = job.streamed
     pieces = streamed.dataset.pieces
-    partials = map_pieces(pieces, job, engine=streamed.engine, rows=lambda piece: piece.rows or 0,
-                          progress=progress)  # fmt: skip
     total = Partial({name: Accumulator(job.space.task, job.space.classes) for name in _names(job)})
-    for partial in partials:
-        total.merge(partial)
+    partials = iter_pieces(pieces, job, engine=streamed.engine, rows=lambda piece: piece.rows or 0,
+                           progress=progress)  # fmt: skip
+    with contextlib.closing(partials):
+        for partial in partials:  # folded in piece order as they come: a few partials in memory, not one per piece
+            total.merge(partial)
     if not total.rows:
         raise OnnxfuseError(f"data {streamed.dataset.label}: no hold-out row; raise --holdout")
     results = {name: accumulator.result() for name, accumulator in total.metrics.items()}

@@ -251,6 +251,17 @@ def test_an_empty_dataset_is_refused(case: Case, tmp_path: Path, kind: str) -> N
     assert_one_error_line(result, str(folder))
 
 
+def test_a_csv_header_that_is_not_utf8_is_named(case: Case, tmp_path: Path) -> None:
+    """pyarrow decodes column names lazily: a Latin-1 header is one error line naming the file, not a traceback."""
+    data = tmp_path / "latin1.csv"
+    pa_csv.write_csv(arrow_table(case.x, case.y), data)
+    data.write_bytes(b"\xe9" + data.read_bytes())
+    result = run_cli("merge", case.a, case.b, "--features", A, "--features", B, "--data", data, "--target", "y",
+                     "-o", tmp_path / "out.onnx")  # fmt: skip
+    assert_one_error_line(result, str(data), "UTF-8")
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_mixed_formats_are_refused(case: Case, tmp_path: Path) -> None:
     folder = tmp_path / "mixed"
     write_parts(folder, case.x, case.y, row_group=50)

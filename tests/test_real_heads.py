@@ -532,13 +532,14 @@ def terminal_merge(sources, data: Path, out: Path, *flags: str) -> tuple[int, st
 
 
 def test_the_command_line_shows_progress_on_a_terminal_unless_quiet(caveat_cases, tmp_path):
-    """On a real terminal `merge` prints `... <stage>` lines to stderr (scoring first, verifying last);
+    """On a real terminal `merge` prints `... <stage>` lines to stderr (reading, scoring, ..., verifying last);
     `--quiet` prints none, and both merges exit 0; under CliRunner (no terminal) no `... ` line either."""
     sources, data, _ = caveat_cases["healthy"]
     code, shown = terminal_merge(sources, data, tmp_path / "loud.onnx")
     assert code == 0, shown
     lines = [line for line in shown.splitlines() if line.startswith("... ")]
-    assert lines and lines[0].startswith("... scoring 2 sources on 3,000 rows"), shown
+    assert len(lines) > 2 and lines[0] == f"... reading 5 columns of {data}", shown
+    assert lines[1].startswith("... scoring 2 sources on 3,000 rows"), shown
     assert lines[-1] == "... verifying the fused file against its sources", shown
     code, quiet = terminal_merge(sources, data, tmp_path / "quiet.onnx", "--quiet")
     assert code == 0, quiet

@@ -28,19 +28,6 @@ class PieceJob(Protocol):
     def __call__(self, piece: Any) -> Any: ...  # piece -> partial result (picklable)
 
 
-def map_pieces(
-    pieces: Sequence[P],
-    make_job: Callable[[int], PieceJob],
-    *,
-    engine: str = "local",
-    rows: Callable[[P], int] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[R]:
-    """Results of make_job(threads)(piece) for every piece, in the pieces' order (see `iter_pieces`)."""
-    with contextlib.closing(iter_pieces(pieces, make_job, engine=engine, rows=rows, progress=progress)) as results:
-        return list(results)
-
-
 def iter_pieces(
     pieces: Sequence[P],
     make_job: Callable[[int], PieceJob],

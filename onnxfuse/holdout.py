@@ -3,7 +3,7 @@
 Rules: a piece's hold-out rows (`sampling.held_out`) are read, the sources scored on them in onnxruntime from the
 spliced model's bytes, and each comparable source alone, the head fitted on the training part and the baseline
 answer them as `train.answers` does in memory; `streaming.Accumulator`s sum their metrics, merged in the pieces'
-order, so the engines (`engine.map_pieces`: threads, or Ray actors that each build their own session) give the same
+order, so the engines (`engine.iter_pieces`: threads, or Ray actors that each build their own session) give the same
 figures. Rows no head can answer (no source available, an infinite feature) and rows of a class the sample never
 saw are counted, not scored.
 """

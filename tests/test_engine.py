@@ -1,4 +1,4 @@
-"""map_pieces over a real Parquet dataset with a real onnxruntime session: local threads, and Ray Data (`-m ray`).
+"""iter_pieces over a real Parquet dataset with a real onnxruntime session: local threads, and Ray Data (`-m ray`).
 
 A piece is one row group of one file, (path, row group index); the job reads its columns with pyarrow, runs a
 skl2onnx LogisticRegression on them and returns small partial results: (rows, per-class sums of the
@@ -25,7 +25,7 @@ import pytest
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
-from onnxfuse.engine import ENGINES, map_pieces
+from onnxfuse.engine import ENGINES, iter_pieces
 from onnxfuse.errors import OnnxfuseError
 
 COLUMNS = ("a", "b", "c", "d")
@@ -96,6 +96,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bad = pa.table({c: rng.normal(size=10).astype(np.float32) for c in COLUMNS[:-1]})
     pq.write_table(bad, folder / "bad.parquet")
     return folder
+
+
+def map_pieces(pieces: list, make_job: Any, **options: Any) -> list[Any]:
+    """Every result of `iter_pieces`, in order."""
+    return list(iter_pieces(pieces, make_job, **options))
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def fuse(
         head, report, evaluation = fusion.untrained(len(models), space), None, None
     else:
         head, report, evaluation, roles = _trained(fusion, spliced, models, roles, labelled, spec, folder, binding,
-                                                   streamed)  # fmt: skip
+                                                   streamed, versions)  # fmt: skip
     inputs = _head_inputs(spliced, roles, space, binding, spec, votes=fusion.votes, features=head.uses_features)
     if spec.explain:
         outputs = explained(spliced.model, head, inputs, space, versions, source_columns(binding),
@@ -115,9 +115,9 @@ def _head_inputs(spliced: Spliced, roles, space: LabelSpace, binding: Binding, s
 
 
 def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: FuseSpec, folder, binding: Binding,
-             streamed: Streamed | None):  # fmt: skip
+             streamed: Streamed | None, versions: Versions):  # fmt: skip
     """Score the sources on the labelled rows, check their probabilities, fit and report the head."""
-    from onnxfuse.score import SCORE_FILE, score  # onnxruntime is imported where sources are scored
+    from onnxfuse.score import score  # onnxruntime is imported where sources are scored
     from onnxfuse.train import train_head  # so are scikit-learn and scipy
 
     wanted = scored_outputs(spliced.outputs, roles, votes=fusion.votes, classes=labelled.classes)
@@ -133,19 +133,51 @@ def _trained(fusion: Fusion, spliced, models, roles, labelled: Labelled, spec: F
     stream = None
     if streamed is not None:
         from onnxfuse.holdout import HoldoutJob, stream_holdout
-        from onnxfuse.score import serialize_with_outputs
+
+        space = LabelSpace(labelled.task, labelled.classes)
 
         def stream(scorers):
-            local = folder is not None and streamed.engine == "local"  # a Ray worker elsewhere gets the bytes
-            model = str(folder / SCORE_FILE) if local else serialize_with_outputs(spliced.model, list(wanted.values()))
-            job = HoldoutJob(model, tuple((key, value.name) for key, value in wanted.items()), binding, tuple(roles),
-                             LabelSpace(labelled.task, labelled.classes), fusion.votes, columns, tuple(names),
+            model, outputs = _holdout_model(spliced, wanted, scorers.fitted, roles, space, binding, spec,
+                                            votes=fusion.votes, versions=versions,
+                                            folder=folder if streamed.engine == "local" else None)  # fmt: skip
+            job = HoldoutJob(model, outputs, binding, tuple(roles), space, fusion.votes, columns, tuple(names),
                              scorers, streamed)  # fmt: skip
             progress.stage(f"measuring the head on the hold-out rows of all {streamed.data_rows:,} rows")
             return stream_holdout(job, progress=lambda done: progress.rows(done, streamed.data_rows))
 
     head, report, evaluation = train_head(fusion, signals, head_signals, labelled, spec, names=names, stream=stream)
     return head, report, evaluation, roles
+
+
+def _holdout_model(spliced: Spliced, wanted: Mapping[str, ir.Value], head: Head, roles, space: LabelSpace,
+                   binding: Binding, spec: FuseSpec, *, votes: bool, versions: Versions,
+                   folder: Path | None) -> tuple[bytes | str, tuple[tuple[str, str], ...]]:  # fmt: skip
+    """The model the hold-out stage runs: the spliced sources with the head fitted on the training part built in,
+    exposing the sources' scored outputs and the head's answer, so one onnxruntime run per batch gives both
+    (the head's own predict in numpy would cost the stage more than the sources do). The head's nodes and
+    initializers are taken out of the graph again; the fused file gets the head refitted on every row.
+    Returns its path in `folder` (local engine), else its bytes (a Ray worker elsewhere), and the
+    (score key, output name) pairs it yields; the head's answer is keyed `FUSED`."""
+    from onnxfuse.evaluation import FUSED
+    from onnxfuse.score import HOLDOUT_FILE, save_with_outputs, serialize_with_outputs
+
+    model, graph = spliced.model, spliced.model.graph
+    nodes, initializers, opsets = set(graph), set(graph.initializers), dict(model.opset_imports)
+    try:
+        inputs = _head_inputs(spliced, roles, space, binding, spec, votes=votes, features=head.uses_features)
+        built = head.build(model, inputs, space, versions)
+        answer = built["prediction" if space.task == "regression" else "probabilities"]
+        values = [*wanted.values(), answer]
+        saved = serialize_with_outputs(model, values) if folder is None else \
+            str(save_with_outputs(model, values, folder / HOLDOUT_FILE))  # fmt: skip
+        outputs = (*((key, value.name) for key, value in wanted.items()), (FUSED, answer.name))
+    finally:
+        graph.remove([node for node in graph if node not in nodes], safe=True)
+        for name in set(graph.initializers) - initializers:
+            graph.initializers.pop(name)
+        model.opset_imports.clear()
+        model.opset_imports.update(opsets)
+    return saved, outputs
 
 
 def reading_of(role: OutputRole, labelled: Labelled) -> str | None:

@@ -1,11 +1,14 @@
 """The hold-out table over every hold-out row of data larger than the fit sample, streamed piece by piece.
 
-Rules: a piece's hold-out rows (`sampling.held_out`) are read, the sources scored on them in onnxruntime from the
-spliced model's bytes, and each comparable source alone, the head fitted on the training part and the baseline
-answer them as `train.answers` does in memory; `streaming.Accumulator`s sum their metrics, merged in the pieces'
-order, so the engines (`engine.iter_pieces`: threads, or Ray actors that each build their own session) give the same
-figures. Rows no head can answer (no source available, an infinite feature) and rows of a class the sample never
-saw are counted, not scored.
+Rules: a piece's hold-out rows (`sampling.held_out`) are read and run in onnxruntime through the spliced sources
+with the head fitted on the training part built in (`fuse._holdout_model`), so the fused figures are the graph's own
+and the head costs what it costs in the file; each comparable source alone answers as `train.answers` does in
+memory. The from-scratch baseline, a reference figure whose numpy predict would cost as much as the whole graph,
+is measured on a seeded share of about BASELINE_ROWS hold-out rows (`sampling.below` of the row's key; the report
+counts them). `streaming.Accumulator`s sum the metrics, merged in the pieces' order, so the engines
+(`engine.iter_pieces`: threads, or Ray actors that each build their own session) give the same figures. Rows no
+head can answer (no source available, an infinite feature) and rows of a class the sample never saw are counted,
+not scored.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import numpy as np
 from onnxfuse.bind import Binding
 from onnxfuse.dataset import Piece, piece_tables
 from onnxfuse.errors import OnnxfuseError
+from onnxfuse.evaluation import FUSED
 from onnxfuse.feeds import bound_feeds
 from onnxfuse.heads.base import LabelSpace
 from onnxfuse.roles import OutputRole
-from onnxfuse.sampling import SAMPLE_STREAM, Streamed, held_out, row_keys
+from onnxfuse.sampling import SAMPLE_STREAM, Streamed, below, held_out, row_keys
 from onnxfuse.signals import numpy_signals, numpy_votes
 from onnxfuse.streaming import Accumulator
 from onnxfuse.support import FEATURES
 from onnxfuse.train import Scorers, answers, usable_rows
+
+BASELINE_ROWS = 200_000  # about this many hold-out rows measure the from-scratch baseline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,12 @@ class HoldoutJob:
     names: tuple[tuple[str, str | None], ...]
     scorers: Scorers
     streamed: Streamed
+
+    @property
+    def baseline_share(self) -> float:
+        """The share of hold-out rows the baseline is measured on: about BASELINE_ROWS of them."""
+        expected = self.streamed.data_rows * self.streamed.holdout
+        return min(1.0, BASELINE_ROWS / expected) if expected > 0 else 1.0
 
     def __call__(self, threads: int) -> _PieceScorer:
         return _PieceScorer(self, threads)
@@ -101,6 +113,7 @@ class _PieceScorer:
         runnable = {name: values for name, values in feeds.items() if name in self.wanted}
         values = self.session.run([name for _, name in job.outputs], runnable)
         scores = {key: np.asarray(value) for (key, _), value in zip(job.outputs, values)}
+        fused = scores.pop(FUSED)
         features = feeds.get(FEATURES)
         signals = numpy_signals(scores, job.roles, job.space.classes, features=features,
                                 feature_columns=job.feature_columns)  # fmt: skip
@@ -112,10 +125,15 @@ class _PieceScorer:
         signals = signals.take(rows)
         head_signals = numpy_votes(signals, {k: v[rows] for k, v in scores.items()}, job.space.classes) \
             if job.votes else signals  # fmt: skip
-        outputs = answers(job.scorers, signals, head_signals, None if features is None else features[rows],
-                          job.names, job.space)  # fmt: skip
+        features = None if features is None else features[rows]
+        outputs = answers(job.scorers, signals, head_signals, features, job.names, job.space, fused=fused[rows],
+                          baseline=False)  # fmt: skip
         for name, output in outputs.items():
             partial.metrics[name].update(truth[rows], output, keys[rows])
+        baseline = job.scorers.baseline
+        if baseline is not None and features is not None:  # on its seeded share of the rows only (see the module)
+            some = below(keys[rows], job.baseline_share)
+            partial.metrics[baseline.name].update(truth[rows][some], baseline.predict(features[some]), keys[rows][some])
 
 
 def stream_holdout(job: HoldoutJob, *, progress=None) -> dict[str, Any]:
@@ -143,12 +161,13 @@ def stream_holdout(job: HoldoutJob, *, progress=None) -> dict[str, Any]:
     }
     if sampled.auc_sampled:
         rows["roc_auc_rows"] = min(sampled.rows, sampled.auc_rows)
+    baseline = job.scorers.baseline
+    if baseline is not None and baseline.name in total.metrics and job.baseline_share < 1:
+        rows["baseline_rows"] = total.metrics[baseline.name].rows
     return {"metrics": results, "rows": {k: v for k, v in rows.items() if v is not None}}
 
 
 def _names(job: HoldoutJob) -> list[str]:
-    from onnxfuse.evaluation import FUSED
-
     names = [name for name, reading in job.names if reading]
     names.append(FUSED)
     if job.scorers.baseline is not None:
@@ -173,8 +192,3 @@ def _target(values: np.ndarray, space: LabelSpace, piece: Piece) -> tuple[np.nda
         labels = values.astype(np.int64)
     known = np.isin(labels, np.array(space.classes, dtype=labels.dtype))
     return labels, known
-
-
-def job_outputs(wanted: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    return tuple((key, value.name) for key, value in wanted.items())
-

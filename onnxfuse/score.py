@@ -16,6 +16,7 @@ from onnxfuse.pack import save_external
 
 BATCH_ROWS = 65_536
 SCORE_FILE = "score.onnx"
+HOLDOUT_FILE = "holdout.onnx"  # the sources and the training part's head (see `fuse`), for the hold-out stage
 
 
 def score(

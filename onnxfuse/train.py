@@ -164,15 +164,16 @@ def _scorers(fusion, fitted: Head, features, labelled: Labelled, train, spec: Fu
 
 
 def answers(scorers: Scorers, signals: Signals, head_signals: Signals, features: np.ndarray | None,
-            names: Sequence[tuple[str, str | None]], space: LabelSpace) -> dict[str, np.ndarray]:  # fmt: skip
-    """Each comparable source alone (the prior where it is unavailable), the fused head and the baseline, on the
-    same rows."""
+            names: Sequence[tuple[str, str | None]], space: LabelSpace, *,
+            fused: np.ndarray | None = None, baseline: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each comparable source alone (the prior where it is unavailable), the fused head (`fused` when the graph
+    computed it already) and the baseline (unless told not to), on the same rows."""
     outputs = {}
     for m, ((name, reading), signal) in enumerate(zip(names, signals.per_model)):
         if reading:
             outputs[name] = with_prior(alone(signal, reading, space.task), signals.mask[:, [m]], scorers.prior)
-    outputs[FUSED] = np.asarray(scorers.fitted.predict(head_signals, features))
-    if scorers.baseline is not None and features is not None:
+    outputs[FUSED] = np.asarray(scorers.fitted.predict(head_signals, features) if fused is None else fused)
+    if baseline and scorers.baseline is not None and features is not None:
         outputs[scorers.baseline.name] = scorers.baseline.predict(features)
     return outputs
 

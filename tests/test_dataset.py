@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -29,8 +30,11 @@ from sklearn.preprocessing import StandardScaler
 
 import onnxfuse
 from onnxfuse import dataset as dataset_module
+from onnxfuse import fuse as fuse_module
+from onnxfuse import holdout as holdout_module
+from onnxfuse.evaluation import FUSED
 from onnxfuse.report import metrics
-from onnxfuse.sampling import held_out
+from onnxfuse.sampling import SAMPLE_STREAM, below, held_out, row_keys
 
 NAMES = [f"f{i}" for i in range(30)]
 A, B = ",".join(NAMES[:15]), ",".join(NAMES[15:])
@@ -172,6 +176,53 @@ def test_fit_rows_measures_the_sources_on_every_hold_out_row(case: Case, tmp_pat
         assert report["metrics"][name] == expected, name
     fused = report["metrics"]["fused"]
     assert fused["accuracy"] > 0.85 and np.isfinite(fused["log_loss"])
+
+
+def test_fit_rows_measures_the_fused_head_in_its_graph_on_every_hold_out_row(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused figures are those of the hold-out model (the sources and the head fitted on the training part, in
+    one graph) run by onnxruntime on every hold-out row; building it leaves the spliced graph as it was."""
+    captured = {}
+    build = fuse_module._holdout_model
+
+    def spy(spliced, *args, **kwargs):
+        before = ir.serde.serialize_model(spliced.model).SerializeToString()
+        model, outputs = build(spliced, *args, **kwargs)
+        captured["unchanged"] = ir.serde.serialize_model(spliced.model).SerializeToString() == before
+        captured["model"] = Path(model).read_bytes() if isinstance(model, str) else model
+        captured["outputs"] = dict(outputs)
+        return model, outputs
+
+    monkeypatch.setattr(fuse_module, "_holdout_model", spy)
+    report = merge(case, case.folder, tmp_path / "sampled.onnx", "--fit-rows", 120, "--holdout", 0.3)[1]["holdout"]
+    assert captured["unchanged"]
+    held = np.concatenate([held_out(f"part-{i}.parquet", 0, count, seed=0, holdout=0.3)
+                           for i, count in enumerate(FILE_ROWS)])  # fmt: skip
+    session = ort.InferenceSession(captured["model"], providers=["CPUExecutionProvider"])
+    probabilities = session.run([captured["outputs"][FUSED]], {"features": case.x[held].astype(np.float32)})[0]
+    assert probabilities.shape == (held.sum(), 2)
+    assert report["metrics"]["fused"] == metrics("classification", case.y[held], probabilities, (0, 1))
+    assert "baseline_rows" not in report["rows"]  # 399 rows: the baseline is measured on every hold-out row
+
+
+def test_the_baseline_is_measured_on_a_seeded_share_of_the_hold_out_rows(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """About BASELINE_ROWS hold-out rows (those `sampling.below` picks by their keys) measure the baseline; the
+    report counts them, and the other figures still cover every hold-out row."""
+    monkeypatch.setattr(holdout_module, "BASELINE_ROWS", 30)
+    report = merge(case, case.folder, tmp_path / "share.onnx", "--fit-rows", 120, "--holdout", 0.3)[1]["holdout"]
+    share = 30 / (len(case.y) * 0.3)
+    picked = 0
+    for i, count in enumerate(FILE_ROWS):
+        held = held_out(f"part-{i}.parquet", 0, count, seed=0, holdout=0.3)
+        keys = row_keys(f"part-{i}.parquet", 0, count, seed=0, stream=SAMPLE_STREAM)[held]
+        picked += int(below(keys, share).sum())
+    rows = report["rows"]
+    assert rows["baseline_rows"] == picked and 10 < picked < 60 and rows["holdout"] > 100
+    baseline = next(name for name in report["metrics"] if name.startswith("baseline"))
+    assert 0.5 < report["metrics"][baseline]["accuracy"] <= 1
 
 
 def test_the_file_does_not_depend_on_row_groups_batches_or_listing(

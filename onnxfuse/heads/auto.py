@@ -136,12 +136,30 @@ def _candidates(signals: Signals, features, y: np.ndarray, space: LabelSpace, sp
     width = sum(len(c) for c in signals.meta_columns) + (0 if features is None else features.shape[1])
     if features is not None and (spec.passthrough or len(y) >= PASSTHROUGH_ROWS * width):
         readings.append(True)  # asked for with --passthrough: fitted however few the rows (the report warns)
+    rows = _SharedRows(signals, features, y, seed=spec.seed, dropout=spec.availability)
     for passthrough in readings:
         for family in FAMILIES:
-            candidates.append(_learner(family, passthrough, signals, features, y, space, spec))
+            candidates.append(_learner(family, passthrough, rows, space, spec))
     if not readings:  # --passthrough without column features is refused before; a linear stack to fall back on
-        candidates.append(_learner("linear", False, signals, features, y, space, spec))
+        candidates.append(_learner("linear", False, rows, space, spec))
     return candidates
+
+
+class _SharedRows:
+    """The learners' `StackRows`, built when first asked for and shared by the families that read the same
+    columns; only the last one asked for is kept (candidates are scored reading by reading), so a million-row
+    sample holds one standardised meta-matrix, not one per candidate. Rebuilt rows are the same bits."""
+
+    def __init__(self, signals: Signals, features, y: np.ndarray, *, seed: int, dropout: bool) -> None:
+        self.signals, self.features, self.y, self.seed, self.dropout = signals, features, y, seed, dropout
+        self.kept: tuple[bool, StackRows] | None = None
+
+    def get(self, passthrough: bool) -> StackRows:
+        if self.kept is None or self.kept[0] != passthrough:
+            self.kept = None  # released before the next is built
+            features = self.features if passthrough else None
+            self.kept = passthrough, StackRows.of(self.signals, features, self.y, seed=self.seed, dropout=self.dropout)
+        return self.kept[1]
 
 
 def _predicts_target(signals: Signals, m: int, task: str) -> bool:
@@ -175,19 +193,19 @@ def _mixture(name: str, fit: Callable, signals: Signals, features, y: np.ndarray
     return Candidate(name, score, lambda: fit(signals, features, y))
 
 
-def _learner(family: str, passthrough: bool, signals: Signals, features, y: np.ndarray, space: LabelSpace,
-             spec) -> Candidate:  # fmt: skip
+def _learner(family: str, passthrough: bool, shared: _SharedRows, space: LabelSpace, spec) -> Candidate:
     seed = spec.seed
-    rows = StackRows.of(signals, features if passthrough else None, y, seed=seed, dropout=spec.availability)
     count = len(space.classes) if space.classes is not None else None
     chosen: dict = {}
 
     def score(splits: Folds) -> np.ndarray:
+        rows = shared.get(passthrough)
         tuned = tune(family, space.task, rows.scaled, rows.y, rows.folds(splits), seed=seed, classes=count)
         chosen["params"] = tuned.params
         return np.array(tuned.per_fold)
 
     def fit() -> Head:
+        rows = shared.get(passthrough)
         params = chosen.get("params") or tune(family, space.task, rows.scaled, rows.y, [], seed=seed,
                                               classes=count).params  # fmt: skip
         learner = fit_learner(family, space.task, rows.scaled, rows.y, params, seed=seed, classes=count)

@@ -168,6 +168,9 @@ def class_indices(target: np.ndarray, classes: Sequence) -> np.ndarray:
     return np.array([lookup[v] for v in target.tolist()], dtype=np.int64)
 
 
+_FIT_COLUMNS = 4  # Standardizer.fit's float64 block
+
+
 @dataclasses.dataclass(frozen=True)
 class Standardizer:
     """Column means and scales of the rows a head is fitted on, in float64; NaN is read as the column mean.
@@ -182,16 +185,29 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> Standardizer:
-        x = np.asarray(x, dtype=np.float64)
+        """Column by column block: a float64 copy of a few columns at a time, not of the whole matrix (a fit
+        sample of a million rows would hold several); each column's sums are the same either way."""
+        if not len(x):
+            return cls(np.zeros(x.shape[1]), np.ones(x.shape[1]))
+        means, scales = [], []
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: mean 0, scale 1
-            mean = np.nan_to_num(np.nanmean(x, axis=0)) if len(x) else np.zeros(x.shape[1])
-            scale = np.nan_to_num(np.nanstd(x, axis=0)) if len(x) else np.ones(x.shape[1])
-        return cls(mean, np.where(scale > 0, scale, 1.0))
+            for start in range(0, x.shape[1], _FIT_COLUMNS):
+                block = np.array(x[:, start : start + _FIT_COLUMNS], dtype=np.float64)
+                means.append(np.nan_to_num(np.nanmean(block, axis=0)))
+                scales.append(np.nan_to_num(np.nanstd(block, axis=0)))
+        scale = np.concatenate(scales)
+        return cls(np.concatenate(means), np.where(scale > 0, scale, 1.0))
 
     def standardize(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        return (np.where(np.isnan(x), self.mean, x) - self.mean) / self.scale
+        """A float64 copy, imputed, centred and scaled in place (the same bits as the graph's Where-Sub-Div)."""
+        out = np.array(x, dtype=np.float64)
+        missing = np.isnan(out)
+        if missing.any():
+            np.copyto(out, np.broadcast_to(self.mean, out.shape), where=missing)
+        out -= self.mean
+        out /= self.scale
+        return out
 
 
 def standardized(graph: ir.Graph, value: ir.Value, standardizer: Standardizer, name: str) -> ir.Value:

@@ -6,7 +6,7 @@ one source left, and (from three sources) with one source masked
 a copy that masks nothing new or leaves no source is not made. At most
 DROPOUT_ROWS copies in all: a pattern gets a seeded sample of the rows when the
 rows are many. Cross-validation scores the head on the real rows of each held-out
-fold only, and trains it on the training rows and their copies (`Augmented.folds`).
+fold only, and trains it on the training rows and their copies (`copy_folds`).
 A masked source's signal is read as its `fills` value (its mean signal on the rows
 where it is available) and an indicator column says it is masked (see `stack`).
 """
@@ -33,9 +33,12 @@ class Augmented:
     y: np.ndarray
     origin: np.ndarray
 
-    def folds(self, splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each fold's training rows with their copies; its held-out rows as they are."""
-        return [(np.flatnonzero(np.isin(self.origin, train)), held) for train, held in splits]
+
+def copy_folds(
+    origin: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each fold's training rows with their copies (`Augmented.origin`); its held-out rows as they are."""
+    return [(np.flatnonzero(np.isin(origin, train)), held) for train, held in splits]
 
 
 def augmented(signals: Signals, features: np.ndarray | None, y: np.ndarray, *, seed: int) -> Augmented:

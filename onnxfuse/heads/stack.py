@@ -36,7 +36,7 @@ from onnxfuse.heads.base import (
     target_prior,
     with_prior,
 )
-from onnxfuse.heads.dropout import Augmented, augmented, fills
+from onnxfuse.heads.dropout import augmented, copy_folds, fills
 from onnxfuse.heads.learners import Folds, Learner, fit_learner, folds, tune
 from onnxfuse.roles import OutputRole
 from onnxfuse.signals import Signals
@@ -92,7 +92,7 @@ class StackRows:
     y: np.ndarray
     standardizer: Standardizer
     fills: tuple[np.ndarray, ...] | None
-    copies: Augmented | None  # with dropout: the rows and their masked copies
+    origin: np.ndarray | None  # with dropout: the real row each row is (or copies), see `dropout.augmented`
 
     @classmethod
     def of(cls, signals: Signals, features: np.ndarray | None, y: np.ndarray, *, seed: int, dropout: bool) -> StackRows:
@@ -105,12 +105,14 @@ class StackRows:
         rows = augmented(signals, features, y, seed=seed)
         filled = fills(signals)
         x = meta_matrix(rows.signals, rows.features, filled)
+        y, origin = rows.y, rows.origin
+        del rows  # the copies' signals and features, before the float64 matrix is made: the matrix holds them
         standardizer = Standardizer.fit(x)
-        return cls(signals, standardizer.standardize(x), rows.y, standardizer, filled, rows)
+        return cls(signals, standardizer.standardize(x), y, standardizer, filled, origin)
 
     def folds(self, splits: Folds) -> Folds:
         """Cross-validation folds of the real rows, as folds of these rows (copies train with their row)."""
-        return splits if self.copies is None else self.copies.folds(splits)
+        return splits if self.origin is None else copy_folds(self.origin, splits)
 
     def head(self, learner: Learner, space: LabelSpace, passthrough: bool, seed: int) -> Stacked:
         prior = None if self.fills is None else target_prior(self.y[: len(self.signals.per_model[0])], space)
@@ -237,7 +239,7 @@ def meta_matrix(signals: Signals, features: np.ndarray | None, fills: Sequence[n
         blocks = [*blocks, indicators, *crossed]
     if features is not None:
         blocks.append(np.asarray(features, dtype=np.float32))
-    return np.concatenate(blocks, axis=1).astype(np.float32)
+    return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:

@@ -89,6 +89,8 @@ class _PieceScorer:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.job = job
+        baseline = job.scorers.baseline  # predicted on this thread only (see `Learner.one_thread`)
+        self.baseline = baseline and dataclasses.replace(baseline, learner=baseline.learner.one_thread())
         self.session = ort.InferenceSession(job.model, options, providers=["CPUExecutionProvider"])
         self.wanted = {i.name for i in self.session.get_inputs()}
 
@@ -130,7 +132,7 @@ class _PieceScorer:
                           baseline=False)  # fmt: skip
         for name, output in outputs.items():
             partial.metrics[name].update(truth[rows], output, keys[rows])
-        baseline = job.scorers.baseline
+        baseline = self.baseline
         if baseline is not None and features is not None:  # on its seeded share of the rows only (see the module)
             some = below(keys[rows], job.baseline_share)
             partial.metrics[baseline.name].update(truth[rows][some], baseline.predict(features[some]), keys[rows][some])

@@ -103,7 +103,7 @@ def source_signals(paths: list[Path], x: np.ndarray, task: str) -> Signals:
     ("task", "fusion", "meta", "passthrough"),
     [
         ("classification", "stack", "linear", False),
-        ("classification", "stack", "gbdt", True),
+        pytest.param("classification", "stack", "gbdt", True, marks=pytest.mark.slow),  # ~1 min: the slow env
         ("classification", "gate", "auto", False),
         ("classification", "mean", "auto", False),
         ("regression", "stack", "linear", False),

@@ -57,6 +57,7 @@ def accuracies(fusion: dict) -> dict[str, float]:
     return {name: values.get("accuracy") for name, values in fusion["holdout"]["metrics"].items()}
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): --meta auto on 12,000 rows
 def test_merge_stack_beats_the_better_source_when_groups_interact(seed_task, tmp_path):
     sources, data = seed_task
     result = merge(spec(sources, data, tmp_path / "fused.onnx"))
@@ -66,6 +67,7 @@ def test_merge_stack_beats_the_better_source_when_groups_interact(seed_task, tmp
     onnx.checker.check_model(str(tmp_path / "fused.onnx"), full_check=True)
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): boosting tuned on 12,000 rows
 def test_merge_gbdt_passthrough_matches_a_model_on_all_features(seed_task, tmp_path):
     sources, data = seed_task
     result = merge(spec(sources, data, tmp_path / "fused.onnx", meta="gbdt", passthrough=True))
@@ -74,6 +76,7 @@ def test_merge_gbdt_passthrough_matches_a_model_on_all_features(seed_task, tmp_p
     assert scores["fused"] > max(scores["m1 a"], scores["m2 b"]) + 0.1, scores
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): --meta auto, ~30 s
 def test_merge_beats_sources_and_baseline_when_fusion_data_is_small(tmp_path):
     x_sources, y_sources = interaction_task(20_000, seed=3, within_groups=True)
     sources = group_sources(tmp_path, x_sources, y_sources)
@@ -146,6 +149,7 @@ def test_merge_fuses_sources_that_know_different_classes(tmp_path):
     assert accuracies(result.fusion)["fused"] > 0.8
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): --meta auto, 4,000 rows, three classes
 def test_merge_stacks_string_labels(tmp_path):
     rng = np.random.default_rng(8)
     x = rng.normal(size=(4000, 4)).astype(np.float32)
@@ -208,6 +212,7 @@ def torch_regressor(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     return torch_export(path, x, y.astype(np.float32).reshape(-1, 1), outputs=1, loss="mse_loss")
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): three exporters, torch.onnx among them
 def test_merge_stacks_regressors_from_three_exporters(tmp_path):
     rng = np.random.default_rng(9)
     x = rng.normal(size=(5000, 5)).astype(np.float32)
@@ -241,6 +246,7 @@ def torch_classifier(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
     return torch_export(path, x, y, outputs=2, loss="cross_entropy")
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): a torch.onnx export and a --meta auto merge, ~1 min
 def test_merge_stacks_torch_logits_with_labelled_classifiers(seed_task, tmp_path):
     sources, data = seed_task
     x, y = interaction_task(8_000, seed=11)

@@ -239,6 +239,7 @@ def _dim_params(model: onnx.ModelProto) -> set[str]:
     return {d.dim_param for v in values if v.type.HasField("tensor_type") for d in v.type.tensor_type.shape.dim}
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): a torch.onnx export and a --meta auto merge
 def test_merge_names_the_batch_dim_n_everywhere_when_a_torch_source_calls_it_otherwise(forest, rows, tmp_path):
     torch = pytest.importorskip("torch")
     model, x = forest

@@ -143,7 +143,7 @@ def partner_probabilities(path: Path, x: np.ndarray, classes) -> np.ndarray:
     return source_probabilities(path, x[:, :2], lambda o: as_matrix(o["output_probability"], classes))
 
 
-@pytest.mark.parametrize("fusion", ["mean", "vote", "gate", "stack"])
+@pytest.mark.parametrize("fusion", ["mean", "vote", "gate", pytest.param("stack", marks=pytest.mark.slow)])
 def test_output_role_reads_torch_logits_as_softmax_when_fusing(rows, folder, tmp_path, fusion):
     x = rows["x"][:, :4]
     net = torch_net(folder / f"logits_{fusion}.onnx", x[:, 2:4], rows["y3"], width=3, mode="logits")
@@ -286,6 +286,7 @@ def test_output_role_reads_skl2onnx_export_options(rows, folder, tmp_path, optio
     assert checked.exit_code == 0, checked.stderr
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): --meta auto, ~30 s
 def test_merge_with_raw_scores_stacks_them_with_a_warning_and_refuses_mean(rows, folder, tmp_path):
     x = rows["x"][:, :4]
     model = LogisticRegression().fit(x[:, 2:4], rows["y3"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import assert_checker_and_portable, ort_outputs, run_cli, save
 from onnx.reference import ReferenceEvaluator
 from skl2onnx import to_onnx
@@ -12,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 
+@pytest.mark.slow  # the tox 'slow' environment (CI runs it): --meta auto, ~30 s
 def test_merge_checks_around_a_source_the_reference_evaluator_computes_otherwise(rows, tmp_path: Path) -> None:
     """scikit-learn's multi-class SVC(probability=True): onnxruntime matches scikit-learn within 1e-6, the
     reference evaluator is up to ~0.1 off. The merge must not fail on the evaluator: it feeds that source's

@@ -99,16 +99,16 @@ class StackRows:
         """`features` only where the head reads them; `dropout=False` builds the head without availability
         handling (NaN propagates), as before there was any."""
         if not dropout:
-            x = meta_matrix(signals, features, None)
+            x = _float64_matrix(meta_blocks(signals, features, None))
             standardizer = Standardizer.fit(x)
-            return cls(signals, standardizer.standardize(x), y, standardizer, None, None)
+            return cls(signals, standardizer.standardize(x, in_place=True), y, standardizer, None, None)
         rows = augmented(signals, features, y, seed=seed)
         filled = fills(signals)
-        x = meta_matrix(rows.signals, rows.features, filled)
+        x = _float64_matrix(meta_blocks(rows.signals, rows.features, filled))
         y, origin = rows.y, rows.origin
-        del rows  # the copies' signals and features, before the float64 matrix is made: the matrix holds them
+        del rows  # the copies' signals and features: the matrix holds what the head reads
         standardizer = Standardizer.fit(x)
-        return cls(signals, standardizer.standardize(x), y, standardizer, filled, origin)
+        return cls(signals, standardizer.standardize(x, in_place=True), y, standardizer, filled, origin)
 
     def folds(self, splits: Folds) -> Folds:
         """Cross-validation folds of the real rows, as folds of these rows (copies train with their row)."""
@@ -221,10 +221,26 @@ class Stacked:
 
 
 def meta_matrix(signals: Signals, features: np.ndarray | None, fills: Sequence[np.ndarray] | None) -> np.ndarray:
-    """The learner's input before standardising, float32 as the file computes it: each source's chosen columns
-    (probabilities as log-odds or log-probabilities; with `fills`, an unavailable source's fill), then with
-    `fills` the availability indicators and each source's columns times each other's indicator, then the raw
-    features."""
+    """The learner's input before standardising, float32 as the file computes it (see `meta_blocks`)."""
+    return np.concatenate(meta_blocks(signals, features, fills), axis=1).astype(np.float32, copy=False)
+
+
+def _float64_matrix(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """`meta_matrix`'s values as float64, written block by block: no float32 copy of the whole matrix beside it
+    (a million-row fit sample's matrix is hundreds of MB)."""
+    rows = len(blocks[0])
+    out = np.empty((rows, sum(block.shape[1] for block in blocks)), dtype=np.float64)
+    start = 0
+    for block in blocks:
+        out[:, start : start + block.shape[1]] = block.astype(np.float32, copy=False)
+        start += block.shape[1]
+    return out
+
+
+def meta_blocks(signals: Signals, features: np.ndarray | None, fills: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    """The learner's input columns in blocks: each source's chosen columns (probabilities as log-odds or
+    log-probabilities; with `fills`, an unavailable source's fill), then with `fills` the availability indicators
+    and each source's columns times each other's indicator, then the raw features."""
     mask = signals.mask
     per_model = signals.per_model
     if fills is not None:
@@ -239,7 +255,7 @@ def meta_matrix(signals: Signals, features: np.ndarray | None, fills: Sequence[n
         blocks = [*blocks, indicators, *crossed]
     if features is not None:
         blocks.append(np.asarray(features, dtype=np.float32))
-    return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+    return blocks
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:

@@ -3,12 +3,12 @@
 Rules: a piece's hold-out rows (`sampling.held_out`) are read and run in onnxruntime through the spliced sources
 with the head fitted on the training part built in (`fuse._holdout_model`), so the fused figures are the graph's own
 and the head costs what it costs in the file; each comparable source alone answers as `train.answers` does in
-memory. The from-scratch baseline, a reference figure whose numpy predict would cost as much as the whole graph,
-is measured on a seeded share of about BASELINE_ROWS hold-out rows (`sampling.below` of the row's key; the report
-counts them). `streaming.Accumulator`s sum the metrics, merged in the pieces' order, so the engines
-(`engine.iter_pieces`: threads, or Ray actors that each build their own session) give the same figures. Rows no
-head can answer (no source available, an infinite feature) and rows of a class the sample never saw are counted,
-not scored.
+memory. The from-scratch baseline is not streamed: a reference figure predicted by its learner outside the graph (a
+boosting baseline costs more than the whole graph), it keeps its figures on the fit sample's hold-out rows, a
+uniform sample of these (see `train.train_head`). `streaming.Accumulator`s sum the metrics, merged in the pieces'
+order, so the engines (`engine.iter_pieces`: threads, or Ray actors that each build their own session) give the same
+figures. Rows no head can answer (no source available, an infinite feature) and rows of a class the sample never saw
+are counted, not scored.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from onnxfuse.evaluation import FUSED
 from onnxfuse.feeds import bound_feeds
 from onnxfuse.heads.base import LabelSpace
 from onnxfuse.roles import OutputRole
-from onnxfuse.sampling import SAMPLE_STREAM, Streamed, below, held_out, row_keys
+from onnxfuse.sampling import SAMPLE_STREAM, Streamed, held_out, row_keys
 from onnxfuse.signals import numpy_signals, numpy_votes
 from onnxfuse.streaming import Accumulator
 from onnxfuse.support import FEATURES
 from onnxfuse.train import Scorers, answers, usable_rows
-
-BASELINE_ROWS = 200_000  # about this many hold-out rows measure the from-scratch baseline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +48,6 @@ class HoldoutJob:
     names: tuple[tuple[str, str | None], ...]
     scorers: Scorers
     streamed: Streamed
-
-    @property
-    def baseline_share(self) -> float:
-        """The share of hold-out rows the baseline is measured on: about BASELINE_ROWS of them."""
-        expected = self.streamed.data_rows * self.streamed.holdout
-        return min(1.0, BASELINE_ROWS / expected) if expected > 0 else 1.0
 
     def __call__(self, threads: int) -> _PieceScorer:
         return _PieceScorer(self, threads)
@@ -89,8 +81,6 @@ class _PieceScorer:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.job = job
-        baseline = job.scorers.baseline  # predicted on this thread only (see `Learner.one_thread`)
-        self.baseline = baseline and dataclasses.replace(baseline, learner=baseline.learner.one_thread())
         self.session = ort.InferenceSession(job.model, options, providers=["CPUExecutionProvider"])
         self.wanted = {i.name for i in self.session.get_inputs()}
 
@@ -132,10 +122,6 @@ class _PieceScorer:
                           baseline=False)  # fmt: skip
         for name, output in outputs.items():
             partial.metrics[name].update(truth[rows], output, keys[rows])
-        baseline = self.baseline
-        if baseline is not None and features is not None:  # on its seeded share of the rows only (see the module)
-            some = below(keys[rows], job.baseline_share)
-            partial.metrics[baseline.name].update(truth[rows][some], baseline.predict(features[some]), keys[rows][some])
 
 
 def stream_holdout(job: HoldoutJob, *, progress=None) -> dict[str, Any]:
@@ -163,17 +149,12 @@ def stream_holdout(job: HoldoutJob, *, progress=None) -> dict[str, Any]:
     }
     if sampled.auc_sampled:
         rows["roc_auc_rows"] = min(sampled.rows, sampled.auc_rows)
-    baseline = job.scorers.baseline
-    if baseline is not None and baseline.name in total.metrics and job.baseline_share < 1:
-        rows["baseline_rows"] = total.metrics[baseline.name].rows
     return {"metrics": results, "rows": {k: v for k, v in rows.items() if v is not None}}
 
 
 def _names(job: HoldoutJob) -> list[str]:
     names = [name for name, reading in job.names if reading]
     names.append(FUSED)
-    if job.scorers.baseline is not None:
-        names.append(job.scorers.baseline.name)
     return names
 
 

@@ -75,7 +75,7 @@ def _holdout_line(report: dict, counts: dict, left_out: str) -> str:
     notes = [f"{skipped:,} with no source available or an infinite feature left out"] if skipped else []
     notes += [f"{unknown:,} of classes the fit sample lacks left out"] if unknown else []
     auc = f"; ROC AUC on a sample of {counts['roc_auc_rows']:,} of them" if "roc_auc_rows" in counts else ""
-    baseline = f"; the baseline on {counts['baseline_rows']:,} of them" if "baseline_rows" in counts else ""
+    baseline = f"; the baseline on the sample's {counts['baseline_rows']:,}" if "baseline_rows" in counts else ""
     return (
         f"hold-out: {counts['holdout']:,} of {counts['data']:,} rows (seed {report['seed']}, decided per row)"
         f"{'; ' + ', '.join(notes) if notes else ''}{auc}{baseline}; head fitted on {counts['train']:,} other rows "

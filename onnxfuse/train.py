@@ -51,8 +51,8 @@ def train_head(
     back as an `Evaluation` (None without hold-out rows), for the HTML report and Python users.
 
     `stream` (data beyond the fit sample, see `holdout`): the hold-out table is measured over every hold-out row
-    of the data by `stream(scorers)`, which returns its `metrics` and row counts; the per-pattern table and the
-    `Evaluation` stay on the sample's hold-out rows.
+    of the data by `stream(scorers)`, which returns its `metrics` and row counts; the baseline's figures, the
+    per-pattern table and the `Evaluation` stay on the sample's hold-out rows.
     """
     from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
@@ -91,10 +91,14 @@ def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpe
     truth = labelled.target[held]
     report["metrics"] = {name: metrics(labelled.task, truth, outputs[name], labelled.classes) if name in outputs
                          else {} for name in (*(n for n, _ in names), *outputs)}  # fmt: skip
-    if stream is not None:
+    if stream is not None:  # the baseline, not streamed, keeps its figures on the sample's hold-out rows
         streamed = stream(scorers)
-        report["metrics"] = {name: streamed["metrics"].get(name, {}) for name in report["metrics"]}
+        baseline = None if scorers.baseline is None else scorers.baseline.name
+        report["metrics"] = {name: figures if name == baseline else streamed["metrics"].get(name, {})
+                             for name, figures in report["metrics"].items()}  # fmt: skip
         report["rows"] = {**report["rows"], "sample_holdout": len(held), **streamed["rows"]}
+        if baseline in report["metrics"]:
+            report["rows"]["baseline_rows"] = len(held)
     if spec.availability:
         report["patterns"] = _pattern_metrics(fitted, signals, head_signals, features, labelled, train, held, names)
     progress.stage("fitting the head on all rows")

@@ -31,10 +31,9 @@ from sklearn.preprocessing import StandardScaler
 import onnxfuse
 from onnxfuse import dataset as dataset_module
 from onnxfuse import fuse as fuse_module
-from onnxfuse import holdout as holdout_module
 from onnxfuse.evaluation import FUSED
 from onnxfuse.report import metrics
-from onnxfuse.sampling import SAMPLE_STREAM, below, held_out, row_keys
+from onnxfuse.sampling import held_out
 
 NAMES = [f"f{i}" for i in range(30)]
 A, B = ",".join(NAMES[:15]), ",".join(NAMES[15:])
@@ -203,24 +202,21 @@ def test_fit_rows_measures_the_fused_head_in_its_graph_on_every_hold_out_row(
     probabilities = session.run([captured["outputs"][FUSED]], {"features": case.x[held].astype(np.float32)})[0]
     assert probabilities.shape == (held.sum(), 2)
     assert report["metrics"]["fused"] == metrics("classification", case.y[held], probabilities, (0, 1))
-    assert "baseline_rows" not in report["rows"]  # 399 rows: the baseline is measured on every hold-out row
+    assert report["rows"]["baseline_rows"] == report["rows"]["sample_holdout"]  # the baseline is not streamed
 
 
-def test_the_baseline_is_measured_on_a_seeded_share_of_the_hold_out_rows(
-    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """About BASELINE_ROWS hold-out rows (those `sampling.below` picks by their keys) measure the baseline; the
-    report counts them, and the other figures still cover every hold-out row."""
-    monkeypatch.setattr(holdout_module, "BASELINE_ROWS", 30)
-    report = merge(case, case.folder, tmp_path / "share.onnx", "--fit-rows", 120, "--holdout", 0.3)[1]["holdout"]
-    share = 30 / (len(case.y) * 0.3)
-    picked = 0
-    for i, count in enumerate(FILE_ROWS):
-        held = held_out(f"part-{i}.parquet", 0, count, seed=0, holdout=0.3)
-        keys = row_keys(f"part-{i}.parquet", 0, count, seed=0, stream=SAMPLE_STREAM)[held]
-        picked += int(below(keys, share).sum())
+def test_the_baseline_keeps_its_figures_on_the_sample_s_hold_out_rows(case: Case, tmp_path: Path) -> None:
+    """The from-scratch baseline is not streamed (its learner's predict would cost more than the graph): its figures
+    are those on the fit sample's hold-out rows, which the report counts and the summary line names, while the
+    sources and the fused head cover every hold-out row."""
+    result = run_cli("merge", case.a, case.b, "--features", A, "--features", B, "--data", case.folder, "--target",
+                     "y", "-o", tmp_path / "fused.onnx", "--fit-rows", 120, "--holdout", 0.3)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    model = onnx.load(tmp_path / "fused.onnx")
+    report = json.loads({p.key: p.value for p in model.metadata_props}["onnxfuse.fusion"])["holdout"]
     rows = report["rows"]
-    assert rows["baseline_rows"] == picked and 10 < picked < 60 and rows["holdout"] > 100
+    assert rows["baseline_rows"] == rows["sample_holdout"] < rows["holdout"]
+    assert f"the baseline on the sample's {rows['sample_holdout']:,}" in result.stdout + result.stderr
     baseline = next(name for name in report["metrics"] if name.startswith("baseline"))
     assert 0.5 < report["metrics"][baseline]["accuracy"] <= 1
 

@@ -15,7 +15,6 @@ setting is then fitted on all rows given (`fit_learner`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 from collections.abc import Sequence
@@ -82,16 +81,6 @@ class Learner:
             return _placed_probabilities(self.estimator, x, self.classes or 0)
         assert self.target is not None
         return np.asarray(self.estimator.predict(x), dtype=np.float64) * self.target.scale + self.target.mean
-
-    def one_thread(self) -> Learner:
-        """The same learner predicting on one thread: callers that predict in several threads at once (the
-        hold-out stage's, Ray's actors) would each start a team of OpenMP threads and oversubscribe the cores
-        (measured: the stage 5x slower than onnxruntime alone)."""
-        if self.family != "gbdt":
-            return self
-        estimator = copy.copy(self.estimator)  # shares the fitted booster; only the predict threads differ
-        estimator.n_jobs = 1
-        return dataclasses.replace(self, estimator=estimator)
 
     def convert(self, width: int, opsets: dict[str, int]) -> tuple[onnx.ModelProto, str]:
         """The estimator as ONNX (float input `[N, width]`), and the output holding probabilities (or the scaled

@@ -99,7 +99,8 @@ def _train_head(fusion, signals, head_signals, labelled: Labelled, spec: FuseSpe
         report["rows"] = {**report["rows"], "sample_holdout": len(held), **streamed["rows"]}
         if baseline in report["metrics"]:
             report["rows"]["baseline_rows"] = len(held)
-    if spec.availability:
+    if spec.availability:  # the head's own predict on the sample's hold-out rows, once per pattern: a stage of its own
+        progress.stage(f"measuring the head per availability pattern on {len(held):,} hold-out rows")
         report["patterns"] = _pattern_metrics(fitted, signals, head_signals, features, labelled, train, held, names)
     progress.stage("fitting the head on all rows")
     head = fusion.refit(fitted, head_signals, features, labelled.target, space, spec)

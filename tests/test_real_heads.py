@@ -483,17 +483,18 @@ class Recorder:
 def test_a_reporter_hears_every_stage_in_order(caveat_cases, tmp_path):
     """`merge(spec, progress=...)` with the default head: scoring (then its rows, adding up to the table),
     each candidate's cross-validation numbered 1..n in the metadata's order, the chosen head's fit, the
-    baseline, the refit on all rows and the verification, in that order."""
+    baseline, the per-pattern table, the refit on all rows and the verification, in that order."""
     sources, data, _ = caveat_cases["healthy"]
     recorder = Recorder()
     result = merge(fused_spec(sources, data, tmp_path / "fused.onnx"), progress=recorder)
     stages = [e[1] for e in recorder.events if e[0] == "stage"]
     candidates = list(result.fusion["candidates"])
     crossed = [f"cross-validating head {i}/{len(candidates)}: {name}" for i, name in enumerate(candidates, start=1)]
+    held = result.fusion["holdout"]["rows"]["holdout"]
     expected = [
         "scoring 2 sources on 3,000 rows", *crossed, f"fitting the chosen head: {result.fusion['chosen']}",
-        "fitting the from-scratch baseline", "fitting the head on all rows",
-        "verifying the fused file against its sources",
+        "fitting the from-scratch baseline", f"measuring the head per availability pattern on {held:,} hold-out rows",
+        "fitting the head on all rows", "verifying the fused file against its sources",
     ]  # fmt: skip
     positions = [stages.index(text) if text in stages else -1 for text in expected]
     assert -1 not in positions and positions == sorted(positions), stages

@@ -45,12 +45,8 @@ def row_keys(name: str, offset: int, rows: int, *, seed: int, stream: int) -> np
 
 def held_out(name: str, offset: int, rows: int, *, seed: int, holdout: float) -> np.ndarray:
     """bool [rows]: which of these rows are hold-out rows."""
-    return below(row_keys(name, offset, rows, seed=seed, stream=HOLDOUT_STREAM), holdout)
-
-
-def below(keys: np.ndarray, share: float) -> np.ndarray:
-    """bool: the keys in the lowest `share` of their range (a seeded uniform share of the rows they key)."""
-    return (keys >> np.uint64(11)).astype(np.float64) * _UNIT < share
+    keys = row_keys(name, offset, rows, seed=seed, stream=HOLDOUT_STREAM)
+    return (keys >> np.uint64(11)).astype(np.float64) * _UNIT < holdout
 
 
 @dataclasses.dataclass(frozen=True)

@@ -171,7 +171,8 @@ def plain(folder: str, millions: str) -> dict:
             count = table.num_rows
             held = held_out(path.name, offset, count, seed=0, holdout=0.2)
             offset += count
-            x = np.stack([table.column(name).to_numpy() for name in FEATURES], axis=1)[held]
+            rows_held = np.flatnonzero(held)  # positions: a boolean mask costs 20x more per column
+            x = np.stack([table.column(name).to_numpy().take(rows_held) for name in FEATURES], axis=1)
             for batch in range(0, len(x), 65_536):
                 for session, group_names in zip(sessions, GROUPS):
                     columns = [FEATURES.index(c) for c in group_names]
@@ -209,7 +210,8 @@ def fused(folder: str, millions: str) -> dict:
         path, group, offset, count = piece
         table = pq.ParquetFile(path).read_row_group(group, columns=[*FEATURES, "y"])
         held = held_out(path.name, offset, count, seed=0, holdout=0.2)
-        x = np.stack([table.column(name).to_numpy() for name in FEATURES], axis=1)[held]
+        rows = np.flatnonzero(held)  # positions: a boolean mask costs 20x more per column
+        x = np.stack([table.column(name).to_numpy().take(rows) for name in FEATURES], axis=1)
         total = 0.0
         for batch in range(0, len(x), 65_536):
             total += float(session.run(["probabilities"], {"features": x[batch : batch + 65_536]})[0][:, 1].sum())

@@ -27,7 +27,7 @@ from onnxfuse.evaluation import FUSED
 from onnxfuse.feeds import bound_feeds
 from onnxfuse.heads.base import LabelSpace
 from onnxfuse.roles import OutputRole
-from onnxfuse.sampling import SAMPLE_STREAM, Streamed, held_out, row_keys
+from onnxfuse.sampling import SAMPLE_STREAM, Streamed, held_out, keys_at
 from onnxfuse.signals import numpy_signals, numpy_votes
 from onnxfuse.streaming import Accumulator
 from onnxfuse.support import FEATURES
@@ -89,11 +89,12 @@ class _PieceScorer:
         partial = Partial({name: Accumulator(job.space.task, job.space.classes) for name in _names(job)})
         for offset, table in piece_tables(piece, streamed.columns, streamed.dataset.schema):
             count = len(table[streamed.target])
-            held = held_out(piece.name, offset, count, seed=streamed.seed, holdout=streamed.holdout)
-            if not held.any():
+            held = np.flatnonzero(held_out(piece.name, offset, count, seed=streamed.seed, holdout=streamed.holdout))
+            if not len(held):
                 continue
-            keys = row_keys(piece.name, offset, count, seed=streamed.seed, stream=SAMPLE_STREAM)[held]
-            self._score({name: values[held] for name, values in table.items()}, keys, piece, partial)
+            keys = keys_at(piece.name, held + offset, seed=streamed.seed, stream=SAMPLE_STREAM)
+            # `take` of positions: a boolean mask that picks a random fifth of the rows costs 20x more per column
+            self._score({name: values.take(held) for name, values in table.items()}, keys, piece, partial)
         return partial
 
     def _score(self, table: Mapping[str, np.ndarray], keys: np.ndarray, piece: Piece, partial: Partial) -> None:
@@ -111,17 +112,18 @@ class _PieceScorer:
                                 feature_columns=job.feature_columns)  # fmt: skip
         usable = known & usable_rows(signals, features, availability=job.feature_columns is not None)
         partial.skipped += int((known & ~usable).sum())
-        if not usable.any():
-            return
-        rows = np.flatnonzero(usable)
-        signals = signals.take(rows)
-        head_signals = numpy_votes(signals, {k: v[rows] for k, v in scores.items()}, job.space.classes) \
-            if job.votes else signals  # fmt: skip
-        features = None if features is None else features[rows]
-        outputs = answers(job.scorers, signals, head_signals, features, job.names, job.space, fused=fused[rows],
+        if not usable.all():  # rare: most pieces have every row usable, and copy nothing here
+            if not usable.any():
+                return
+            rows = np.flatnonzero(usable)
+            signals, scores = signals.take(rows), {key: value.take(rows, axis=0) for key, value in scores.items()}
+            fused, truth, keys = fused.take(rows, axis=0), truth.take(rows), keys.take(rows)
+            features = None if features is None else features.take(rows, axis=0)
+        head_signals = numpy_votes(signals, scores, job.space.classes) if job.votes else signals
+        outputs = answers(job.scorers, signals, head_signals, features, job.names, job.space, fused=fused,
                           baseline=False)  # fmt: skip
         for name, output in outputs.items():
-            partial.metrics[name].update(truth[rows], output, keys[rows])
+            partial.metrics[name].update(truth, output, keys)
 
 
 def stream_holdout(job: HoldoutJob, *, progress=None) -> dict[str, Any]:

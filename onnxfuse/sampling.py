@@ -37,10 +37,14 @@ def mix(values: np.ndarray) -> np.ndarray:
 
 def row_keys(name: str, offset: int, rows: int, *, seed: int, stream: int) -> np.ndarray:
     """uint64 keys of rows `offset .. offset + rows` of the file named `name`."""
+    return keys_at(name, np.arange(offset, offset + rows, dtype=np.uint64), seed=seed, stream=stream)
+
+
+def keys_at(name: str, positions: np.ndarray, *, seed: int, stream: int) -> np.ndarray:
+    """uint64 keys of the rows at `positions` (in the file named `name`): `row_keys` of a few rows only."""
     digest = hashlib.blake2b(f"{stream}:{seed}:{name}".encode(), digest_size=8).digest()
     base = mix(np.array([int.from_bytes(digest, "little")], dtype=np.uint64))[0]
-    positions = np.arange(offset, offset + rows, dtype=np.uint64)
-    return mix(positions + base)
+    return mix(positions.astype(np.uint64) + base)
 
 
 def held_out(name: str, offset: int, rows: int, *, seed: int, holdout: float) -> np.ndarray:

@@ -61,7 +61,7 @@ class Accumulator:
         sampling keys (uniform random, distinct), which only choose the rows the ROC AUC sample keeps."""
         target = np.asarray(target)
         prediction = np.asarray(prediction, dtype=np.float64)
-        keys = np.asarray(keys, dtype=np.uint64)
+        keys = np.array(keys, dtype=np.uint64)  # a copy: the AUC sample may keep it as is
         count = len(target)
         if len(prediction) != count or keys.shape != (count,):
             raise ValueError(f"a batch of {count} targets has {len(prediction)} predictions and {len(keys)} keys")
@@ -86,7 +86,8 @@ class Accumulator:
         self._rows += other._rows
         self._correct += other._correct
         self._losses.extend(other._losses)
-        self._keep(*other._sample())  # other's rows come after ours: they lose ties
+        for chunk in other._chunks:  # other's rows come after ours: they lose ties; its candidates hold its sample
+            self._keep(*chunk)
 
     def result(self) -> dict[str, float | None]:
         """The keys, rounding and semantics of report.metrics; every value None when no rows were seen."""
@@ -200,7 +201,8 @@ class Accumulator:
         rows = (keys, index, probabilities)
         if self._limit is not None:  # a tie with the auc_rows-th kept key loses: that row came first
             rows = _taken(rows, np.flatnonzero(keys < self._limit))
-        rows = _taken(rows, _bottom(rows[0], self.auc_rows))  # the batch's own bottom-k: copy few rows
+        if len(rows[0]) > self.auc_rows:  # the batch's own bottom-k: copy few rows (`_sample` sorts the rest)
+            rows = _taken(rows, _bottom(rows[0], self.auc_rows))
         if len(rows[0]) == 0:
             return
         self._chunks.append(rows)

@@ -185,6 +185,23 @@ def test_accumulator_continues_identically_after_pickle_round_trip(cases: dict) 
         assert copy.result() == accumulator.result() == _fed(case, batches, keys, auc_rows=100).result()
 
 
+def test_the_auc_sample_keeps_its_own_copy_of_the_caller_s_arrays(cases: dict) -> None:
+    """The sample keeps a batch's rows as they come (it sorts only when it prunes): a caller that reuses its
+    buffers for the next batch must not change the rows already kept."""
+    _, classes, target, prediction = case = cases["wine"]
+    keys = _keys(len(target), seed=16)
+    batches = _splits(len(target), 7, seed=17)  # batches under auc_rows: kept as they come, until pruned
+    expected = _fed(case, batches, keys, auc_rows=50)
+    reused_keys, reused_prediction = np.empty_like(keys), np.empty_like(prediction)
+    accumulator = Accumulator("classification", classes, auc_rows=50)
+    for batch in batches:
+        count = batch.stop - batch.start
+        reused_keys[:count], reused_prediction[:count] = keys[batch], prediction[batch]
+        accumulator.update(target[batch], reused_prediction[:count], reused_keys[:count])
+    assert pickle.dumps(accumulator) == pickle.dumps(expected)
+    assert accumulator.result() == expected.result()
+
+
 def test_result_all_none_when_no_rows() -> None:
     classification = Accumulator("classification", ("a", "b"))
     classification.update(np.array([], dtype=object), np.empty((0, 2)), np.empty(0, dtype=np.uint64))

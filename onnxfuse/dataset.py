@@ -87,19 +87,40 @@ class Dataset:
 
 
 def piece_tables(piece: Piece, columns: Sequence[str], schema) -> Iterator[tuple[int, Table]]:
-    """The piece's rows of `columns` as numpy columns, with each batch's position in its file; a file that cannot
-    be read is named."""
+    """The piece's rows of `columns` as numpy columns, with each batch's position in its file."""
+    for offset, batch in piece_batches(piece, columns, schema):
+        yield offset, {name: to_numpy(column) for name, column in zip(batch.schema.names, batch.columns)}
+
+
+def piece_batches(piece: Piece, columns: Sequence[str], schema) -> Iterator[tuple[int, Any]]:
+    """The piece's rows of `columns` as pyarrow record batches, with each one's position in its file; a file that
+    cannot be read is named."""
     import pyarrow as pa
 
     offset = piece.offset
     try:
-        batches = piece.fragment.to_batches(columns=list(columns), schema=schema, batch_size=READ_ROWS)
-        for batch in batches:
+        for batch in piece.fragment.to_batches(columns=list(columns), schema=schema, batch_size=READ_ROWS):
             if batch.num_rows:
-                yield offset, {name: to_numpy(column) for name, column in zip(batch.schema.names, batch.columns)}
+                yield offset, batch
                 offset += batch.num_rows
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise OnnxfuseError(f"data {piece.path}: cannot read it ({reason(exc, 200)})") from exc
+
+
+def rows_at(batch: Any, positions: np.ndarray) -> Table:
+    """The rows at `positions` of a record batch as `to_numpy` gives its columns: numbers converted, then taken;
+    text taken in Arrow first, so only the rows kept become Python strings."""
+    import pyarrow as pa
+
+    indices = None
+    table: Table = {}
+    for name, column in zip(batch.schema.names, batch.columns):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            indices = pa.array(positions) if indices is None else indices
+            table[name] = to_numpy(column.take(indices))
+        else:
+            table[name] = to_numpy(column).take(positions)
+    return table
 
 
 def is_dataset(data: Path | tuple[Path, ...]) -> bool:

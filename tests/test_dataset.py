@@ -31,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 import onnxfuse
 from onnxfuse import dataset as dataset_module
 from onnxfuse import fuse as fuse_module
+from onnxfuse import holdout as holdout_module
 from onnxfuse.evaluation import FUSED
 from onnxfuse.report import metrics
 from onnxfuse.sampling import held_out
@@ -139,17 +140,21 @@ def test_a_hive_partitioned_folder_reads_its_keys_as_columns(case: Case, tmp_pat
 def test_only_the_needed_columns_are_read(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A column no model reads is never read, even one that could not be read as a feature."""
     read: list[tuple[str, ...]] = []
-    original = dataset_module.piece_tables
+    original = dataset_module.piece_batches
 
     def recording(piece, columns, schema):
         read.append(tuple(columns))
         return original(piece, columns, schema)
 
-    monkeypatch.setattr(dataset_module, "piece_tables", recording)
+    monkeypatch.setattr(dataset_module, "piece_batches", recording)
+    monkeypatch.setattr(holdout_module, "piece_batches", recording)
     data = tmp_path / "wide.parquet"
     table = arrow_table(case.x, case.y).append_column("comment", pa.array(["free text"] * len(case.y)))
-    pq.write_table(table, data)
+    pq.write_table(table, data, row_group_size=100)
     merge(case, data, tmp_path / "wide.onnx")
+    streamed = len(read)
+    merge(case, data, tmp_path / "sampled.onnx", "--fit-rows", 120)  # the sample pass, then the hold-out stage
+    assert len(read) > streamed + 4  # the hold-out stage read each of the four row groups too
     assert read and all(set(columns) == {*NAMES, "y"} for columns in read)
 
 
@@ -203,6 +208,51 @@ def test_fit_rows_measures_the_fused_head_in_its_graph_on_every_hold_out_row(
     assert probabilities.shape == (held.sum(), 2)
     assert report["metrics"]["fused"] == metrics("classification", case.y[held], probabilities, (0, 1))
     assert report["rows"]["baseline_rows"] == report["rows"]["sample_holdout"]  # the baseline is not streamed
+
+
+def test_string_labels_are_measured_on_every_hold_out_row(case: Case, tmp_path: Path) -> None:
+    """A text target (the labels as the sources' exporter gives them): the hold-out stage turns only the held rows
+    into Python strings, and scores them as the in-memory table would."""
+    names = np.array(["benign", "malignant"], dtype=object)
+    x, y = load_breast_cancer(return_X_y=True)
+    shuffled = np.random.default_rng(0).permutation(len(y))  # as `case` does: its first 170 rows train the sources
+    x, y = x[shuffled], y[shuffled]
+    first = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[:85, :15], names[y[:85]])
+    second = RandomForestClassifier(n_estimators=20, max_depth=4, random_state=0).fit(x[85:170, 15:], names[y[85:170]])
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    for model, path, columns in ((first, a, slice(0, 15)), (second, b, slice(15, 30))):
+        onnx.save(to_onnx(model, x[:1, columns].astype(np.float32), options={"zipmap": False}), path)
+    data = tmp_path / "labels.parquet"
+    table = arrow_table(case.x, case.y)
+    pq.write_table(table.set_column(table.schema.get_field_index("y"), "y", pa.array(names[case.y].tolist())), data,
+                   row_group_size=64)  # fmt: skip
+    result = run_cli("merge", a, b, "--features", A, "--features", B, "--data", data, "--target", "y", "-o",
+                     tmp_path / "labels.onnx", "--fit-rows", 120, "--holdout", 0.3)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    model = onnx.load(tmp_path / "labels.onnx")
+    report = json.loads({p.key: p.value for p in model.metadata_props}["onnxfuse.fusion"])["holdout"]
+    held = held_out("labels.parquet", 0, len(case.y), seed=0, holdout=0.3)
+    assert report["rows"]["holdout"] == held.sum() > report["rows"]["sample_holdout"]
+    session = ort.InferenceSession(str(b), providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {session.get_inputs()[0].name: case.x[held][:, 15:].astype(np.float32)})[1]
+    expected = metrics("classification", names[case.y][held], probabilities, ("benign", "malignant"))
+    assert report["metrics"]["m2 b"] == expected
+
+
+def test_rows_at_equals_the_whole_batch_s_columns_at_those_rows() -> None:
+    """Numbers (nulls included) and text picked from a record batch as `to_numpy` of the whole column would give."""
+    batch = pa.record_batch({
+        "x": pa.array([0.5, None, 2.0, 3.5, np.nan], pa.float32()),
+        "n": pa.array([1, None, 3, 4, 5], pa.int64()),
+        "flag": pa.array([True, False, None, True, False]),
+        "text": pa.array(["a", None, "ç", "d", ""]),
+    })  # fmt: skip
+    positions = np.array([4, 1, 2])
+    picked = dataset_module.rows_at(batch, positions)
+    for name, column in zip(batch.schema.names, batch.columns):
+        whole = dataset_module.to_numpy(column)
+        assert picked[name].dtype == whole.dtype, name
+        np.testing.assert_array_equal(picked[name], whole[positions], err_msg=name)
 
 
 def test_the_baseline_keeps_its_figures_on_the_sample_s_hold_out_rows(case: Case, tmp_path: Path) -> None:

@@ -77,12 +77,14 @@ def graph_available(
     return add_node(graph, "And", [presence, available], {}, "available")
 
 
-def masked_features(features: np.ndarray | None, columns: Columns, keep: np.ndarray) -> np.ndarray | None:
+def masked_features(features: np.ndarray | None, columns: Columns, keep: np.ndarray, *,
+                    copy: bool = True) -> np.ndarray | None:  # fmt: skip
     """`features` as a row with only the `keep` sources (`[N, M]` bool) would hold them: NaN in every column that
-    no kept source reads (so a gate or passthrough sees what it would see in use)."""
+    no kept source reads (so a gate or passthrough sees what it would see in use); `copy=False` writes into a
+    float array the caller owns."""
     if features is None:
         return None
-    out = np.array(features, copy=True)
+    out = np.array(features, copy=True) if copy else features
     for column in range(out.shape[1]):
         readers = [m for m, chosen in enumerate(columns) if column in chosen]
         if readers:

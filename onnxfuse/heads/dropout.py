@@ -24,16 +24,6 @@ from onnxfuse.signals import Signals
 DROPOUT_ROWS = 200_000
 
 
-@dataclasses.dataclass(frozen=True)
-class Augmented:
-    """The real rows first, then the copies; `origin[i]` is the real row row i copies."""
-
-    signals: Signals
-    features: np.ndarray | None
-    y: np.ndarray
-    origin: np.ndarray
-
-
 def copy_folds(
     origin: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -41,9 +31,10 @@ def copy_folds(
     return [(np.flatnonzero(np.isin(origin, train)), held) for train, held in splits]
 
 
-def augmented(signals: Signals, features: np.ndarray | None, y: np.ndarray, *, seed: int) -> Augmented:
-    """The rows and their masked copies (see the module's rules)."""
-    rows = len(y)
+def dropout_rows(signals: Signals, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(origin, kept): the real rows first, then the copies; `origin[i]` is the real row row i copies and
+    `kept[i]` (`[M]` bool) the sources it keeps (see the module's rules)."""
+    rows = len(signals.per_model[0])
     mask = signals.mask
     patterns = dropout_patterns(mask.shape[1])
     rng = np.random.default_rng(seed)
@@ -56,12 +47,17 @@ def augmented(signals: Signals, features: np.ndarray | None, y: np.ndarray, *, s
             useful = np.sort(rng.choice(useful, share, replace=False))
         copies.append(useful)
         masks.append(kept[useful])
-    origin = np.concatenate(copies)
-    kept = np.concatenate(masks)
+    return np.concatenate(copies), np.concatenate(masks)
+
+
+def rows_of(signals: Signals, features: np.ndarray | None, origin: np.ndarray,
+            kept: np.ndarray) -> tuple[Signals, np.ndarray | None]:  # fmt: skip
+    """The signals and features of rows `origin` with only the `kept` sources available: a masked source's columns
+    are missing in the copy, as they would be in use."""
     taken = dataclasses.replace(signals.take(origin), available=kept)
-    if features is not None:  # a masked source's columns are missing in the copy, as they would be in use
-        features = masked_features(features[origin], signals.feature_columns or (), kept)
-    return Augmented(taken, features, y[origin], origin)
+    if features is not None:
+        features = masked_features(features[origin], signals.feature_columns or (), kept, copy=False)
+    return taken, features
 
 
 def fills(signals: Signals) -> tuple[np.ndarray, ...]:

@@ -36,7 +36,7 @@ from onnxfuse.heads.base import (
     target_prior,
     with_prior,
 )
-from onnxfuse.heads.dropout import augmented, copy_folds, fills
+from onnxfuse.heads.dropout import copy_folds, dropout_rows, fills, rows_of
 from onnxfuse.heads.learners import Folds, Learner, fit_learner, folds, tune
 from onnxfuse.roles import OutputRole
 from onnxfuse.signals import Signals
@@ -83,6 +83,9 @@ class Stack(Fusion):
         return "auto" if spec.meta == "auto" else spec.meta
 
 
+AUGMENT_ROWS = 65_536  # rows of the meta-matrix built at a time (`_augmented_matrix`)
+
+
 @dataclasses.dataclass(frozen=True)
 class StackRows:
     """The standardised meta-matrix a stack is fitted on: the rows (and, with dropout, their masked copies)."""
@@ -92,7 +95,7 @@ class StackRows:
     y: np.ndarray
     standardizer: Standardizer
     fills: tuple[np.ndarray, ...] | None
-    origin: np.ndarray | None  # with dropout: the real row each row is (or copies), see `dropout.augmented`
+    origin: np.ndarray | None  # with dropout: the real row each row is (or copies), see `dropout.dropout_rows`
 
     @classmethod
     def of(cls, signals: Signals, features: np.ndarray | None, y: np.ndarray, *, seed: int, dropout: bool) -> StackRows:
@@ -102,13 +105,11 @@ class StackRows:
             x = _float64_matrix(meta_blocks(signals, features, None))
             standardizer = Standardizer.fit(x)
             return cls(signals, standardizer.standardize(x, in_place=True), y, standardizer, None, None)
-        rows = augmented(signals, features, y, seed=seed)
+        origin, kept = dropout_rows(signals, seed=seed)
         filled = fills(signals)
-        x = _float64_matrix(meta_blocks(rows.signals, rows.features, filled))
-        y, origin = rows.y, rows.origin
-        del rows  # the copies' signals and features: the matrix holds what the head reads
+        x = _augmented_matrix(signals, features, origin, kept, filled)
         standardizer = Standardizer.fit(x)
-        return cls(signals, standardizer.standardize(x, in_place=True), y, standardizer, filled, origin)
+        return cls(signals, standardizer.standardize(x, in_place=True), y[origin], standardizer, filled, origin)
 
     def folds(self, splits: Folds) -> Folds:
         """Cross-validation folds of the real rows, as folds of these rows (copies train with their row)."""
@@ -223,6 +224,22 @@ class Stacked:
 def meta_matrix(signals: Signals, features: np.ndarray | None, fills: Sequence[np.ndarray] | None) -> np.ndarray:
     """The learner's input before standardising, float32 as the file computes it (see `meta_blocks`)."""
     return np.concatenate(meta_blocks(signals, features, fills), axis=1).astype(np.float32, copy=False)
+
+
+def _augmented_matrix(signals: Signals, features: np.ndarray | None, origin: np.ndarray, kept: np.ndarray,
+                      filled: tuple[np.ndarray, ...]) -> np.ndarray:  # fmt: skip
+    """`meta_matrix` of the rows and their dropout copies, built AUGMENT_ROWS rows at a time into one float64
+    array: no copy of every row's signals and features beside it (every value is computed row by row, so the
+    bits are those of the whole at once)."""
+    out: np.ndarray | None = None
+    for start in range(0, len(origin), AUGMENT_ROWS):
+        part = slice(start, start + AUGMENT_ROWS)
+        chunk = _float64_matrix(meta_blocks(*rows_of(signals, features, origin[part], kept[part]), filled))
+        if out is None:
+            out = np.empty((len(origin), chunk.shape[1]), dtype=np.float64)
+        out[part] = chunk
+    assert out is not None
+    return out
 
 
 def _float64_matrix(blocks: Sequence[np.ndarray]) -> np.ndarray:
